@@ -1,0 +1,31 @@
+//! Compiles the gRPC contract in `proto/` with a vendored protoc, so a fresh
+//! machine needs no system protoc.
+use std::{env, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if env::var_os("PROTOC").is_none() {
+        let protoc = protoc_bin_vendored::protoc_bin_path()?;
+        // SAFETY: build scripts are single-threaded at this point.
+        unsafe { env::set_var("PROTOC", protoc) };
+    }
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    let protos = [
+        "proto/lstmd/v1/spec.proto",
+        "proto/lstmd/v1/dataset.proto",
+        "proto/lstmd/v1/job.proto",
+        "proto/lstmd/v1/model.proto",
+        "proto/lstmd/v1/prediction.proto",
+    ];
+    let includes = [
+        PathBuf::from("proto"),
+        protoc_bin_vendored::include_path()?,
+    ];
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("lstmd_descriptor.bin"))
+        .compile_protos(
+            &protos.iter().map(PathBuf::from).collect::<Vec<_>>(),
+            &includes,
+        )?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}

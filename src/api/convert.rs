@@ -1,0 +1,208 @@
+//! proto <-> domain conversions shared by the services.
+use crate::error::InvalidField;
+use crate::jobs::{EventKind, JobEvent, JobRecord, JobState, ModelRef};
+use crate::nn::metadata::EpochMetrics;
+use crate::nn::{Cell, LayerSpec, ModelSpec, SpecRequest};
+use crate::proto as pb;
+use crate::train::{TrainConfig, TrainConfigRequest};
+
+pub fn timestamp(ms: u64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+pub fn spec_request(spec: Option<pb::ModelSpec>) -> Result<SpecRequest, InvalidField> {
+    let spec = spec.unwrap_or_default();
+    let layers = spec
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let cell = match pb::Cell::try_from(l.cell) {
+                Ok(pb::Cell::Lstm) => Cell::Lstm,
+                Ok(pb::Cell::Gru) => Cell::Gru,
+                Ok(pb::Cell::Rnn) => Cell::Rnn,
+                _ => {
+                    return Err(InvalidField::new(
+                        format!("spec.layers[{i}].cell"),
+                        format!("must be CELL_LSTM, CELL_GRU or CELL_RNN, got {}", l.cell),
+                    ))
+                }
+            };
+            Ok(LayerSpec {
+                cell,
+                units: l.units as usize,
+                bidirectional: l.bidirectional,
+                dropout: l.dropout,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(SpecRequest {
+        preset: (!spec.preset.is_empty()).then_some(spec.preset),
+        vocab_size: spec.vocab_size.map(|v| v as usize),
+        embedding_dim: spec.embedding_dim.map(|v| v as usize),
+        window: spec.window.map(|v| v as usize),
+        embedding_dropout: spec.embedding_dropout,
+        layers: (!layers.is_empty()).then_some(layers),
+    })
+}
+
+pub fn spec_to_proto(spec: &ModelSpec) -> pb::ModelSpec {
+    pb::ModelSpec {
+        preset: String::new(),
+        vocab_size: Some(spec.vocab_size as u32),
+        embedding_dim: Some(spec.embedding_dim as u32),
+        window: Some(spec.window as u32),
+        embedding_dropout: Some(spec.embedding_dropout),
+        layers: spec
+            .layers
+            .iter()
+            .map(|l| pb::RecurrentLayer {
+                cell: match l.cell {
+                    Cell::Lstm => pb::Cell::Lstm,
+                    Cell::Gru => pb::Cell::Gru,
+                    Cell::Rnn => pb::Cell::Rnn,
+                } as i32,
+                units: l.units as u32,
+                bidirectional: l.bidirectional,
+                dropout: l.dropout,
+            })
+            .collect(),
+    }
+}
+
+pub fn config_request(config: Option<pb::TrainingConfig>) -> TrainConfigRequest {
+    let c = config.unwrap_or_default();
+    TrainConfigRequest {
+        epochs: c.epochs,
+        batch_size: c.batch_size.map(|v| v as usize),
+        learning_rate: c.learning_rate.map(f64::from),
+        beta1: c.beta1.map(f64::from),
+        beta2: c.beta2.map(f64::from),
+        epsilon: c.epsilon.map(f64::from),
+        validation_split: c.validation_split.map(f64::from),
+        seed: c.seed,
+        shuffle: c.shuffle,
+    }
+}
+
+pub fn config_to_proto(c: &TrainConfig) -> pb::TrainingConfig {
+    pb::TrainingConfig {
+        epochs: Some(c.epochs),
+        batch_size: Some(c.batch_size as u32),
+        learning_rate: Some(c.learning_rate as f32),
+        beta1: Some(c.beta1 as f32),
+        beta2: Some(c.beta2 as f32),
+        epsilon: Some(c.epsilon as f32),
+        validation_split: Some(c.validation_split as f32),
+        seed: Some(c.seed),
+        shuffle: Some(c.shuffle),
+    }
+}
+
+pub fn metrics_to_proto(m: &EpochMetrics) -> pb::EpochMetrics {
+    pb::EpochMetrics {
+        epoch: m.epoch,
+        loss: m.loss,
+        accuracy: m.accuracy,
+        val_loss: m.val_loss,
+        val_accuracy: m.val_accuracy,
+        learning_rate: m.learning_rate,
+        samples_per_second: m.samples_per_second,
+        elapsed_seconds: m.elapsed_seconds,
+    }
+}
+
+pub fn state_to_proto(s: JobState) -> pb::JobState {
+    match s {
+        JobState::Queued => pb::JobState::Queued,
+        JobState::Running => pb::JobState::Running,
+        JobState::Succeeded => pb::JobState::Succeeded,
+        JobState::Failed => pb::JobState::Failed,
+        JobState::Cancelled => pb::JobState::Cancelled,
+    }
+}
+
+pub fn state_from_proto(s: i32) -> Result<Option<JobState>, InvalidField> {
+    Ok(match pb::JobState::try_from(s) {
+        Ok(pb::JobState::Unspecified) => None,
+        Ok(pb::JobState::Queued) => Some(JobState::Queued),
+        Ok(pb::JobState::Running) => Some(JobState::Running),
+        Ok(pb::JobState::Succeeded) => Some(JobState::Succeeded),
+        Ok(pb::JobState::Failed) => Some(JobState::Failed),
+        Ok(pb::JobState::Cancelled) => Some(JobState::Cancelled),
+        Err(_) => return Err(InvalidField::new("state", format!("is not a job state: {s}"))),
+    })
+}
+
+fn model_ref(m: &ModelRef) -> pb::ModelRef {
+    pb::ModelRef {
+        name: m.name.clone(),
+        version: m.version,
+    }
+}
+
+pub fn event_to_proto(e: &JobEvent) -> pb::JobEvent {
+    use pb::job_event::Kind;
+    let kind = match &e.kind {
+        EventKind::State { state, message } => Kind::State(pb::StateChanged {
+            state: state_to_proto(*state) as i32,
+            message: message.clone(),
+        }),
+        EventKind::Batch(b) => Kind::Batch(pb::BatchProgress {
+            epoch: b.epoch,
+            epochs: b.epochs,
+            batch: b.batch,
+            batches: b.batches,
+            loss: b.loss,
+            accuracy: b.accuracy,
+            samples_per_second: b.samples_per_second,
+            elapsed_seconds: b.elapsed_seconds,
+            eta_seconds: b.eta_seconds,
+        }),
+        EventKind::Epoch {
+            metrics,
+            epochs,
+            eta_seconds,
+        } => Kind::Epoch(pb::EpochEnd {
+            metrics: Some(metrics_to_proto(metrics)),
+            epochs: *epochs,
+            eta_seconds: *eta_seconds,
+        }),
+        EventKind::Finished {
+            state,
+            reason,
+            model,
+        } => Kind::Finished(pb::Finished {
+            state: state_to_proto(*state) as i32,
+            reason: reason.clone(),
+            model: model.as_ref().map(model_ref),
+        }),
+    };
+    pb::JobEvent {
+        seq: e.seq,
+        job_id: e.job_id.clone(),
+        time: Some(timestamp(e.time_ms)),
+        kind: Some(kind),
+    }
+}
+
+pub fn job_to_proto(j: &JobRecord) -> pb::Job {
+    pb::Job {
+        id: j.id.clone(),
+        state: state_to_proto(j.state) as i32,
+        model_name: j.request.model_name.clone(),
+        dataset_id: j.request.dataset_id.clone(),
+        spec: Some(spec_to_proto(&j.request.spec)),
+        config: Some(config_to_proto(&j.request.config)),
+        created_at: Some(timestamp(j.created_at_ms)),
+        started_at: j.started_at_ms.map(timestamp),
+        finished_at: j.finished_at_ms.map(timestamp),
+        latest_progress: j.latest_progress.as_ref().map(event_to_proto),
+        model: j.model.as_ref().map(model_ref),
+        error: j.error.clone().unwrap_or_default(),
+        history: j.history.iter().map(metrics_to_proto).collect(),
+    }
+}

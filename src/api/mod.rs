@@ -1,0 +1,13 @@
+//! Transport only: tonic services, proto <-> domain conversion, status
+//! codes. Never touches candle.
+pub mod convert;
+pub mod datasets;
+pub mod jobs;
+pub mod models;
+pub mod prediction;
+pub mod status;
+
+pub use datasets::DatasetApi;
+pub use jobs::JobApi;
+pub use models::ModelApi;
+pub use prediction::PredictionApi;

@@ -1,0 +1,23 @@
+//! Datasets: tokenizers, vocabularies, windowing, stored token streams.
+pub mod datasets;
+pub mod vocabulary;
+pub mod windows;
+
+pub use datasets::{DataLimits, DatasetInput, DatasetRecord, Datasets, TokenizerKind};
+pub use vocabulary::Vocabulary;
+pub use windows::Windows;
+
+use crate::error::InvalidField;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidField),
+    #[error("dataset {0:?} not found")]
+    NotFound(String),
+    #[error("a dataset named {0:?} already exists")]
+    AlreadyExists(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

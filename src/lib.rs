@@ -1,0 +1,20 @@
+//! lstmd: a gRPC service that trains and serves recurrent next-token models
+//! (LSTM, GRU, simple RNN) with candle. See DESIGN.md for the layers.
+pub mod api;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod jobs;
+pub mod nn;
+pub mod predict;
+pub mod server;
+pub mod store;
+pub mod train;
+
+/// The generated gRPC types, clients and servers of `lstmd.v1`.
+pub mod proto {
+    tonic::include_proto!("lstmd.v1");
+
+    /// Serves reflection, so grpcurl needs no .proto files.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("lstmd_descriptor");
+}

@@ -1,0 +1,59 @@
+use clap::{Parser, Subcommand};
+use lstmd::config::ServeArgs;
+
+#[derive(Parser)]
+#[command(name = "lstmd", version, about = "Train and serve recurrent next-token models over gRPC")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gRPC service.
+    Serve(ServeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let Command::Serve(args) = cli.command;
+    // candle reads /proc/cpuinfo on every matmul unless this is set; it must
+    // be set before any thread or candle call exists.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // SAFETY: still single-threaded here.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", args.matmul_threads.to_string()) };
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let server = lstmd::server::start(args, shutdown_signal()).await?;
+        server.wait().await
+    })
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

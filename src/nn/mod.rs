@@ -1,0 +1,27 @@
+//! candle models: spec -> network, recurrent layers, summary, weight naming.
+//! Knows nothing of gRPC.
+pub mod naming;
+pub mod network;
+pub mod recurrent;
+pub mod spec;
+pub mod summary;
+
+pub use network::{initial_parameters, Dropout, Network};
+pub use spec::{Cell, LayerSpec, ModelSpec, SpecLimits, SpecRequest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NnError {
+    #[error("weights lack tensor {0:?}")]
+    MissingTensor(String),
+    #[error("tensor {name:?} has shape {got:?}, the spec needs {expected:?}")]
+    ShapeMismatch {
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+    #[error("weights hold tensor {0:?}, which the spec has no place for")]
+    UnexpectedTensor(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+pub mod metadata;

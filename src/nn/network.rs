@@ -1,0 +1,158 @@
+//! The whole next-token model: Embedding -> recurrent layers -> Dense.
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::naming::{self, direction_names, DENSE_BIAS, DENSE_WEIGHT, EMBEDDING};
+use super::recurrent::{DirectionWeights, RecurrentLayer};
+use super::spec::ModelSpec;
+use super::NnError;
+
+/// A network over named tensors. Built from `Var`s it trains (the tensors
+/// share storage with the variables); built from plain tensors it serves.
+#[derive(Clone, Debug)]
+pub struct Network {
+    pub spec: ModelSpec,
+    embedding: Tensor,
+    layers: Vec<RecurrentLayer>,
+    dense_weight: Tensor,
+    dense_bias: Tensor,
+}
+
+/// Seeded inverted dropout, so training runs are reproducible.
+pub struct Dropout {
+    rng: ChaCha8Rng,
+}
+
+impl Dropout {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    /// Zeroes each element with probability `p` and scales the rest by
+    /// 1 / (1 - p).
+    pub fn apply(&mut self, x: &Tensor, p: f32) -> candle_core::Result<Tensor> {
+        if p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 / (1.0 - p);
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| if self.rng.random::<f32>() < p { 0.0 } else { keep })
+            .collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        x * mask
+    }
+}
+
+impl Network {
+    /// Builds the network from tensors named as in a PyTorch state_dict;
+    /// every expected tensor must be present with its exact shape, and no
+    /// other tensor may be.
+    pub fn from_tensors(spec: &ModelSpec, tensors: &HashMap<String, Tensor>) -> Result<Self, NnError> {
+        let expected = naming::parameter_shapes(spec);
+        for (name, shape) in &expected {
+            let t = tensors
+                .get(name)
+                .ok_or_else(|| NnError::MissingTensor(name.clone()))?;
+            if t.dims() != shape.as_slice() {
+                return Err(NnError::ShapeMismatch {
+                    name: name.clone(),
+                    expected: shape.clone(),
+                    got: t.dims().to_vec(),
+                });
+            }
+        }
+        if let Some(extra) = tensors
+            .keys()
+            .find(|k| !expected.iter().any(|(name, _)| name == *k))
+        {
+            return Err(NnError::UnexpectedTensor(extra.clone()));
+        }
+        let get = |name: &str| tensors[name].clone();
+        let direction = |layer: usize, reverse: bool| {
+            let n = direction_names(layer, reverse);
+            DirectionWeights {
+                weight_ih: get(&n.weight_ih),
+                weight_hh: get(&n.weight_hh),
+                bias_ih: get(&n.bias_ih),
+                bias_hh: get(&n.bias_hh),
+            }
+        };
+        let layers = spec
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| RecurrentLayer {
+                spec: l.clone(),
+                forward: direction(i, false),
+                reverse: l.bidirectional.then(|| direction(i, true)),
+            })
+            .collect();
+        Ok(Self {
+            spec: spec.clone(),
+            embedding: get(EMBEDDING),
+            layers,
+            dense_weight: get(DENSE_WEIGHT),
+            dense_bias: get(DENSE_BIAS),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.embedding.device()
+    }
+
+    /// `ids`: u32 [B, T] -> logits [B, vocab]. With `dropout`, the spec's
+    /// dropout layers are active (training); without, they are identity.
+    pub fn forward(&self, ids: &Tensor, mut dropout: Option<&mut Dropout>) -> candle_core::Result<Tensor> {
+        let (batch, steps) = ids.dims2()?;
+        let mut x = self
+            .embedding
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((batch, steps, self.spec.embedding_dim))?;
+        if let Some(d) = dropout.as_deref_mut() {
+            x = d.apply(&x, self.spec.embedding_dropout)?;
+        }
+        let last = self.layers.len() - 1;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, i < last)?;
+            if let Some(d) = dropout.as_deref_mut() {
+                x = d.apply(&x, layer.spec.dropout)?;
+            }
+        }
+        x.matmul(&self.dense_weight.t()?)?
+            .broadcast_add(&self.dense_bias)
+    }
+}
+
+/// Fresh parameters with PyTorch's default initialisation, from a seed:
+/// embedding N(0, 1); recurrent tensors U(-1/sqrt(H), 1/sqrt(H)); dense
+/// weight and bias U(-1/sqrt(in), 1/sqrt(in)).
+pub fn initial_parameters(
+    spec: &ModelSpec,
+    seed: u64,
+    device: &Device,
+) -> candle_core::Result<Vec<(String, Tensor)>> {
+    use rand_distr::{Distribution, StandardNormal, Uniform};
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    for (name, shape) in naming::parameter_shapes(spec) {
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = if name == EMBEDDING {
+            (0..n).map(|_| StandardNormal.sample(&mut rng)).collect()
+        } else {
+            let fan_in = match naming::layer_index(&name) {
+                Some(layer) => spec.layers[layer].units,
+                None => spec.final_width(),
+            };
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            let dist = Uniform::new_inclusive(-bound, bound).expect("bound is finite");
+            (0..n).map(|_| dist.sample(&mut rng)).collect()
+        };
+        out.push((name, Tensor::from_vec(values, shape, device)?.to_dtype(DType::F32)?));
+    }
+    Ok(out)
+}

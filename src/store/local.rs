@@ -1,0 +1,124 @@
+//! The embedded default store: blobs and records as files under one data
+//! directory (`blobs/<key>`, `records/<table>/<id>.json`).
+use std::path::{Path, PathBuf};
+
+use super::atomic::write_atomic;
+use super::{BlobStore, RecordStore, StoreError};
+
+#[derive(Clone, Debug)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+/// Keys and ids are made of validated names; refuse anything else so a key
+/// can never escape the data directory.
+fn check_key(key: &str) -> Result<(), StoreError> {
+    let ok = !key.is_empty()
+        && key.split('/').all(|part| {
+            !part.is_empty()
+                && !part.starts_with('.')
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadKey(key.to_string()))
+    }
+}
+
+impl LocalStore {
+    /// Opens (creating if needed) the data directory and checks it is writable.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(root.join("blobs"))?;
+        std::fs::create_dir_all(root.join("records"))?;
+        write_atomic(&root.join(".write-check"), b"ok")?;
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn blob_path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        check_key(key)?;
+        Ok(self.root.join("blobs").join(key))
+    }
+
+    fn record_path(&self, table: &str, id: &str) -> Result<PathBuf, StoreError> {
+        check_key(table)?;
+        check_key(id)?;
+        Ok(self.root.join("records").join(table).join(format!("{id}.json")))
+    }
+}
+
+fn not_found_as_none<T>(r: std::io::Result<T>) -> Result<Option<T>, StoreError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl BlobStore for LocalStore {
+    fn put_blob(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        Ok(write_atomic(&self.blob_path(key)?, bytes)?)
+    }
+
+    fn get_blob(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        not_found_as_none(std::fs::read(self.blob_path(key)?))
+    }
+
+    fn blob_size(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        not_found_as_none(std::fs::metadata(self.blob_path(key)?).map(|m| m.len()))
+    }
+
+    fn delete_blobs(&self, prefix: &str) -> Result<(), StoreError> {
+        let path = self.blob_path(prefix)?;
+        match std::fs::remove_dir_all(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+                Ok(std::fs::remove_file(path)?)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            r => Ok(r?),
+        }
+    }
+}
+
+impl RecordStore for LocalStore {
+    fn put_record(&self, table: &str, id: &str, json: &[u8]) -> Result<(), StoreError> {
+        Ok(write_atomic(&self.record_path(table, id)?, json)?)
+    }
+
+    fn get_record(&self, table: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        not_found_as_none(std::fs::read(self.record_path(table, id)?))
+    }
+
+    fn list_records(&self, table: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        check_key(table)?;
+        let dir = self.root.join("records").join(table);
+        let Some(entries) = not_found_as_none(std::fs::read_dir(&dir))? else {
+            return Ok(Vec::new());
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .filter(|p| {
+                !p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect();
+        paths.sort();
+        paths
+            .into_iter()
+            .filter_map(|p| not_found_as_none(std::fs::read(p)).transpose())
+            .collect()
+    }
+
+    fn delete_record(&self, table: &str, id: &str) -> Result<bool, StoreError> {
+        Ok(not_found_as_none(std::fs::remove_file(self.record_path(table, id)?))?.is_some())
+    }
+}

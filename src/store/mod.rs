@@ -1,0 +1,56 @@
+//! Durable state behind two small traits, one for blobs (weights, token
+//! streams) and one for JSON records (datasets, models, jobs), so that
+//! object storage and a database can replace the local defaults.
+mod atomic;
+pub mod local;
+pub mod models;
+
+pub use local::LocalStore;
+pub use models::{ModelMetadata, ModelRegistry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+    #[error("refusing unsafe storage key {0:?}")]
+    BadKey(String),
+}
+
+/// Whole-object storage. `put_blob` is atomic: readers see the old bytes or
+/// all the new ones.
+pub trait BlobStore: Send + Sync {
+    fn put_blob(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError>;
+    fn get_blob(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn blob_size(&self, key: &str) -> Result<Option<u64>, StoreError>;
+    /// Deletes every blob under `prefix` (a key or a folder of keys).
+    fn delete_blobs(&self, prefix: &str) -> Result<(), StoreError>;
+}
+
+/// JSON records by table and id. `put_record` is atomic.
+pub trait RecordStore: Send + Sync {
+    fn put_record(&self, table: &str, id: &str, json: &[u8]) -> Result<(), StoreError>;
+    fn get_record(&self, table: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn list_records(&self, table: &str) -> Result<Vec<Vec<u8>>, StoreError>;
+    fn delete_record(&self, table: &str, id: &str) -> Result<bool, StoreError>;
+}
+
+/// Both halves of the store, as the rest of the program sees them.
+pub trait Store: BlobStore + RecordStore {}
+impl<T: BlobStore + RecordStore> Store for T {}
+
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec_pretty(value).expect("records serialize")
+}
+
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,32 @@
+//! Training: config, optimizer, the loop and its progress events.
+pub mod adam;
+pub mod config;
+pub mod trainer;
+
+pub use config::{TrainConfig, TrainConfigRequest, TrainLimits};
+pub use trainer::{train, BatchProgress, TrainEvent, TrainInput, Trained};
+
+use crate::nn::NnError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("cancelled")]
+    Cancelled,
+    #[error("numerical failure at epoch {epoch}, batch {batch}: {what}")]
+    NonFinite { epoch: u32, batch: u32, what: String },
+    #[error("{0}")]
+    NoData(String),
+    #[error(transparent)]
+    Nn(#[from] NnError),
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Serializes named tensors as a safetensors file.
+pub fn to_safetensors(parameters: &[(String, candle_core::Tensor)]) -> Result<Vec<u8>, TrainError> {
+    safetensors::serialize(
+        parameters.iter().map(|(n, t)| (n.as_str(), t)),
+        None,
+    )
+    .map_err(|e| TrainError::Candle(candle_core::Error::Msg(e.to_string())))
+}
