@@ -16,10 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/lstmd/v1/model.proto",
         "proto/lstmd/v1/prediction.proto",
     ];
-    let includes = [
-        PathBuf::from("proto"),
-        protoc_bin_vendored::include_path()?,
-    ];
+    let includes = [PathBuf::from("proto"), protoc_bin_vendored::include_path()?];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("lstmd_descriptor.bin"))
         .compile_protos(

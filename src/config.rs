@@ -118,7 +118,9 @@ impl ServeArgs {
 
     pub fn workers(&self) -> usize {
         self.workers.unwrap_or_else(|| {
-            let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            let cores = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
             (cores / 2).max(1)
         })
     }
@@ -160,8 +162,12 @@ mod tests {
     #[test]
     fn device_parsing() {
         assert!(matches!(parse_device("cpu"), Ok(Device::Cpu)));
-        assert!(parse_device("tpu").unwrap_err().contains("--device must be"));
+        assert!(parse_device("tpu")
+            .unwrap_err()
+            .contains("--device must be"));
         #[cfg(not(feature = "cuda"))]
-        assert!(parse_device("cuda:1").unwrap_err().contains("`cuda` feature"));
+        assert!(parse_device("cuda:1")
+            .unwrap_err()
+            .contains("`cuda` feature"));
     }
 }

@@ -47,7 +47,9 @@ pub fn check_name(field: &str, value: &str) -> Result<(), InvalidField> {
     } else {
         Err(InvalidField::new(
             field,
-            format!("must be 1..=64 characters of [A-Za-z0-9._-] not starting with '.', got {value:?}"),
+            format!(
+                "must be 1..=64 characters of [A-Za-z0-9._-] not starting with '.', got {value:?}"
+            ),
         ))
     }
 }

@@ -2,7 +2,11 @@ use clap::{Parser, Subcommand};
 use lstmd::config::ServeArgs;
 
 #[derive(Parser)]
-#[command(name = "lstmd", version, about = "Train and serve recurrent next-token models over gRPC")]
+#[command(
+    name = "lstmd",
+    version,
+    about = "Train and serve recurrent next-token models over gRPC"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -59,7 +59,9 @@ pub async fn start(
     let addr = listener.local_addr()?;
 
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_service_status("", ServingStatus::NotServing).await;
+    reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
 
     let store: Arc<dyn Store> = Arc::new(
         LocalStore::open(&args.data_dir)
@@ -146,9 +148,10 @@ pub async fn start(
         .add_service(model_svc)
         .add_service(prediction_svc);
     let task = tokio::spawn(async move {
-        let serve = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            let _ = graceful.wait_for(|s| *s).await;
-        });
+        let serve =
+            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = graceful.wait_for(|s| *s).await;
+            });
         // Open streams can hold a graceful shutdown forever: bound the wait.
         tokio::select! {
             r = serve => r.context("gRPC server failed"),
@@ -161,7 +164,9 @@ pub async fn start(
             }
         }
     });
-    reporter.set_service_status("", ServingStatus::Serving).await;
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
     tracing::info!(%addr, data_dir = %args.data_dir.display(), device = %args.device, "lstmd serving");
     Ok(RunningServer {
         addr,

@@ -85,7 +85,12 @@ fn network(l: &Loaded) -> Network {
 }
 
 fn values(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 /// Largest |ours - theirs| / max(|theirs|, floor) over the tensor.
@@ -108,11 +113,19 @@ fn logits_and_gradients_match_pytorch() {
         // Relative error, with a floor of 1e-2 on the magnitude so values
         // near zero are judged against the logits' scale, not against 0.
         let err = worst_relative(&logits, &l.tensors["expected.logits"], 1e-2);
-        assert!(err <= 1e-5, "{}: logits differ by {err:e} relative", case.name);
+        assert!(
+            err <= 1e-5,
+            "{}: logits differ by {err:e} relative",
+            case.name
+        );
 
         let loss = candle_nn::loss::cross_entropy(&logits, &l.targets).unwrap();
         let expected_loss = values(&l.tensors["expected.loss"])[0];
-        let got_loss = loss.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+        let got_loss = loss
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
         assert!(
             (got_loss - expected_loss).abs() <= 1e-5 * expected_loss.abs(),
             "{}: loss {got_loss} vs {expected_loss}",
@@ -121,14 +134,23 @@ fn logits_and_gradients_match_pytorch() {
         let grads = loss.backward().unwrap();
         let mut worst_grad = 0f64;
         for (name, var) in &l.params {
-            let ours = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{}: no grad for {name}", case.name));
+            let ours = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{}: no grad for {name}", case.name));
             let theirs = &l.tensors[&format!("grad.{name}")];
             assert_eq!(ours.dims(), theirs.dims(), "{}: {name}", case.name);
             let err = worst_relative(ours, theirs, 1e-3);
-            assert!(err <= 1e-4, "{}: grad of {name} differs by {err:e} relative", case.name);
+            assert!(
+                err <= 1e-4,
+                "{}: grad of {name} differs by {err:e} relative",
+                case.name
+            );
             worst_grad = worst_grad.max(err);
         }
-        eprintln!("{}: logits {err:.1e}, gradients {worst_grad:.1e} worst relative error", case.name);
+        eprintln!(
+            "{}: logits {err:.1e}, gradients {worst_grad:.1e} worst relative error",
+            case.name
+        );
     }
 }
 
@@ -162,7 +184,8 @@ fn gradients_match_finite_differences() {
                 let probe = |delta: f64| {
                     let mut v = base.clone();
                     v[i] += delta;
-                    var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap()).unwrap();
+                    var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                        .unwrap();
                     loss_of(&net)
                 };
                 let numeric = (probe(eps) - probe(-eps)) / (2.0 * eps);
@@ -181,8 +204,10 @@ fn gradients_match_finite_differences() {
 
 #[test]
 fn preset_parameter_counts_match_pytorch() {
-    let counts: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixtures().join("preset_param_counts.json")).unwrap()).unwrap();
+    let counts: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fixtures().join("preset_param_counts.json")).unwrap(),
+    )
+    .unwrap();
     for name in lstmd::nn::spec::PRESETS {
         let expected = &counts[name];
         let summary = summarize(&preset(name).unwrap());
@@ -191,11 +216,23 @@ fn preset_parameter_counts_match_pytorch() {
             .iter()
             .map(|r| (r.name.as_str(), r.parameters))
             .collect();
-        assert_eq!(rows["embedding"], expected["embedding"].as_u64().unwrap(), "{name}");
+        assert_eq!(
+            rows["embedding"],
+            expected["embedding"].as_u64().unwrap(),
+            "{name}"
+        );
         for (i, n) in expected["layers"].as_array().unwrap().iter().enumerate() {
-            assert_eq!(rows[format!("layers.{i}").as_str()], n.as_u64().unwrap(), "{name} layer {i}");
+            assert_eq!(
+                rows[format!("layers.{i}").as_str()],
+                n.as_u64().unwrap(),
+                "{name} layer {i}"
+            );
         }
         assert_eq!(rows["dense"], expected["dense"].as_u64().unwrap(), "{name}");
-        assert_eq!(summary.total_parameters, expected["total"].as_u64().unwrap(), "{name}");
+        assert_eq!(
+            summary.total_parameters,
+            expected["total"].as_u64().unwrap(),
+            "{name}"
+        );
     }
 }

@@ -133,7 +133,12 @@ pub fn state_from_proto(s: i32) -> Result<Option<JobState>, InvalidField> {
         Ok(pb::JobState::Succeeded) => Some(JobState::Succeeded),
         Ok(pb::JobState::Failed) => Some(JobState::Failed),
         Ok(pb::JobState::Cancelled) => Some(JobState::Cancelled),
-        Err(_) => return Err(InvalidField::new("state", format!("is not a job state: {s}"))),
+        Err(_) => {
+            return Err(InvalidField::new(
+                "state",
+                format!("is not a job state: {s}"),
+            ))
+        }
     })
 }
 

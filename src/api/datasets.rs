@@ -47,33 +47,32 @@ impl DatasetService for DatasetApi {
     ) -> Result<Response<pb::Dataset>, Status> {
         let r = request.into_inner();
         let tokenizer = pb::Tokenizer::try_from(r.tokenizer).unwrap_or(pb::Tokenizer::Unspecified);
-        let input = match r.data {
-            Some(pb::create_dataset_request::Data::Ids(ids)) => {
-                if !matches!(tokenizer, pb::Tokenizer::Unspecified | pb::Tokenizer::Ids) {
-                    return Err(Status::invalid_argument(
-                        "tokenizer must be TOKENIZER_IDS or unset for an ids dataset",
-                    ));
-                }
-                DatasetInput::Ids {
-                    ids: ids.ids,
-                    vocab_size: ids.vocab_size as usize,
-                }
-            }
-            Some(pb::create_dataset_request::Data::Text(text)) => DatasetInput::Text {
-                text,
-                tokenizer: match tokenizer {
-                    pb::Tokenizer::Unspecified | pb::Tokenizer::Char => TokenizerKind::Char,
-                    pb::Tokenizer::Byte => TokenizerKind::Byte,
-                    pb::Tokenizer::Ids => {
+        let input =
+            match r.data {
+                Some(pb::create_dataset_request::Data::Ids(ids)) => {
+                    if !matches!(tokenizer, pb::Tokenizer::Unspecified | pb::Tokenizer::Ids) {
                         return Err(Status::invalid_argument(
-                            "tokenizer must be TOKENIZER_CHAR or TOKENIZER_BYTE for a text dataset",
-                        ))
+                            "tokenizer must be TOKENIZER_IDS or unset for an ids dataset",
+                        ));
                     }
+                    DatasetInput::Ids {
+                        ids: ids.ids,
+                        vocab_size: ids.vocab_size as usize,
+                    }
+                }
+                Some(pb::create_dataset_request::Data::Text(text)) => DatasetInput::Text {
+                    text,
+                    tokenizer: match tokenizer {
+                        pb::Tokenizer::Unspecified | pb::Tokenizer::Char => TokenizerKind::Char,
+                        pb::Tokenizer::Byte => TokenizerKind::Byte,
+                        pb::Tokenizer::Ids => return Err(Status::invalid_argument(
+                            "tokenizer must be TOKENIZER_CHAR or TOKENIZER_BYTE for a text dataset",
+                        )),
+                    },
+                    max_vocab_size: r.max_vocab_size as usize,
                 },
-                max_vocab_size: r.max_vocab_size as usize,
-            },
-            None => return Err(Status::invalid_argument("data must be set: ids or text")),
-        };
+                None => return Err(Status::invalid_argument("data must be set: ids or text")),
+            };
         let datasets = Arc::clone(&self.datasets);
         let record = blocking(move || datasets.create(&r.name, input)).await??;
         tracing::info!(id = %record.id, name = %record.name, tokens = record.token_count, "dataset created");
@@ -84,7 +83,9 @@ impl DatasetService for DatasetApi {
         &self,
         _request: Request<Streaming<pb::UploadDatasetRequest>>,
     ) -> Result<Response<pb::Dataset>, Status> {
-        Err(Status::unimplemented("UploadDataset is not implemented yet"))
+        Err(Status::unimplemented(
+            "UploadDataset is not implemented yet",
+        ))
     }
 
     async fn get_dataset(
@@ -112,6 +113,8 @@ impl DatasetService for DatasetApi {
         &self,
         _request: Request<pb::DeleteDatasetRequest>,
     ) -> Result<Response<pb::DeleteDatasetResponse>, Status> {
-        Err(Status::unimplemented("DeleteDataset is not implemented yet"))
+        Err(Status::unimplemented(
+            "DeleteDataset is not implemented yet",
+        ))
     }
 }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use super::convert::{config_request, event_to_proto, job_to_proto, spec_request, state_from_proto};
+use super::convert::{
+    config_request, event_to_proto, job_to_proto, spec_request, state_from_proto,
+};
 use crate::data::{DataError, Datasets};
 use crate::error::{check_name, check_range};
 use crate::jobs::{JobManager, TrainingRequest};
@@ -27,8 +29,9 @@ impl JobApi {
     /// Resolves presets and defaults and checks the request against the
     /// dataset, so a job that is queued can run.
     async fn validate(&self, r: pb::CreateTrainingJobRequest) -> Result<TrainingRequest, Status> {
-        check_name("dataset_id", &r.dataset_id)
-            .map_err(|_| Status::not_found(format!("dataset_id {:?} names no dataset", r.dataset_id)))?;
+        check_name("dataset_id", &r.dataset_id).map_err(|_| {
+            Status::not_found(format!("dataset_id {:?} names no dataset", r.dataset_id))
+        })?;
         let datasets = Arc::clone(&self.datasets);
         let id = r.dataset_id.clone();
         let dataset = match tokio::task::spawn_blocking(move || datasets.get(&id))
@@ -36,7 +39,9 @@ impl JobApi {
             .map_err(|e| Status::internal(e.to_string()))?
         {
             Err(DataError::NotFound(id)) => {
-                return Err(Status::not_found(format!("dataset_id {id:?} names no dataset")))
+                return Err(Status::not_found(format!(
+                    "dataset_id {id:?} names no dataset"
+                )))
             }
             other => other?,
         };
@@ -93,10 +98,15 @@ impl JobService for JobApi {
         &self,
         _request: Request<pb::CreateTuningJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        Err(Status::unimplemented("CreateTuningJob is not implemented yet"))
+        Err(Status::unimplemented(
+            "CreateTuningJob is not implemented yet",
+        ))
     }
 
-    async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         let job = self.jobs.get(&request.into_inner().id).await?;
         Ok(Response::new(job_to_proto(&job)))
     }
@@ -112,9 +122,9 @@ impl JobService for JobApi {
         let offset: usize = if r.page_token.is_empty() {
             0
         } else {
-            r.page_token
-                .parse()
-                .map_err(|_| Status::invalid_argument("page_token is not a token this server issued"))?
+            r.page_token.parse().map_err(|_| {
+                Status::invalid_argument("page_token is not a token this server issued")
+            })?
         };
         let matching: Vec<_> = self
             .jobs
@@ -135,7 +145,10 @@ impl JobService for JobApi {
         }))
     }
 
-    async fn cancel_job(&self, _request: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
+    async fn cancel_job(
+        &self,
+        _request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
         Err(Status::unimplemented("CancelJob is not implemented yet"))
     }
 
@@ -145,7 +158,9 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        Ok(Response::new(self.event_stream(&request.into_inner().id).await?))
+        Ok(Response::new(
+            self.event_stream(&request.into_inner().id).await?,
+        ))
     }
 
     type TrainStream = EventStream;

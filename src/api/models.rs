@@ -19,8 +19,12 @@ pub struct ModelApi {
 }
 
 fn model_to_proto(meta: &ModelMetadata, weights_bytes: u64) -> Result<pb::Model, Status> {
-    let info = ModelInfo::from_map(&meta.rest)
-        .map_err(|e| Status::internal(format!("model {}@{} metadata is unreadable: {e}", meta.name, meta.version)))?;
+    let info = ModelInfo::from_map(&meta.rest).map_err(|e| {
+        Status::internal(format!(
+            "model {}@{} metadata is unreadable: {e}",
+            meta.name, meta.version
+        ))
+    })?;
     let summary = summarize(&info.spec);
     let config: Option<TrainConfig> = serde_json::from_value(info.training.clone()).ok();
     Ok(pb::Model {
@@ -49,7 +53,10 @@ fn model_to_proto(meta: &ModelMetadata, weights_bytes: u64) -> Result<pb::Model,
         }),
         dataset_id: info.dataset_id.clone(),
         job_id: info.job_id.clone(),
-        vocabulary_kind: info.vocabulary().map(|v| v.kind().to_string()).unwrap_or_default(),
+        vocabulary_kind: info
+            .vocabulary()
+            .map(|v| v.kind().to_string())
+            .unwrap_or_default(),
         vocab_size: info.spec.vocab_size as u32,
         weights_bytes,
     })
@@ -87,7 +94,10 @@ impl ModelService for ModelApi {
         Ok(Response::new(pb::ListModelsResponse { models }))
     }
 
-    async fn get_model(&self, request: Request<pb::GetModelRequest>) -> Result<Response<pb::Model>, Status> {
+    async fn get_model(
+        &self,
+        request: Request<pb::GetModelRequest>,
+    ) -> Result<Response<pb::Model>, Status> {
         let r = request.into_inner();
         let version = (r.version != 0).then_some(r.version);
         let not_found = || {
@@ -103,7 +113,9 @@ impl ModelService for ModelApi {
             let Some(meta) = registry.get(&name, version)? else {
                 return Ok(None);
             };
-            let size = registry.weights_size(&meta.name, meta.version)?.unwrap_or(0);
+            let size = registry
+                .weights_size(&meta.name, meta.version)?
+                .unwrap_or(0);
             Ok(Some(model_to_proto(&meta, size)?))
         })
         .await

@@ -17,7 +17,10 @@ type Tokens = Pin<Box<dyn Stream<Item = Result<pb::GenerateResponse, Status>> + 
 
 #[tonic::async_trait]
 impl PredictionService for PredictionApi {
-    async fn predict(&self, request: Request<pb::PredictRequest>) -> Result<Response<pb::PredictResponse>, Status> {
+    async fn predict(
+        &self,
+        request: Request<pb::PredictRequest>,
+    ) -> Result<Response<pb::PredictResponse>, Status> {
         let r = request.into_inner();
         let sequences = r
             .sequences
@@ -35,7 +38,10 @@ impl PredictionService for PredictionApi {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let version = (r.version != 0).then_some(r.version);
-        let out = self.predictor.predict(&r.model, version, sequences, r.top_k).await?;
+        let out = self
+            .predictor
+            .predict(&r.model, version, sequences, r.top_k)
+            .await?;
         Ok(Response::new(pb::PredictResponse {
             predictions: out
                 .top
@@ -58,7 +64,10 @@ impl PredictionService for PredictionApi {
 
     type GenerateStream = Tokens;
 
-    async fn generate(&self, _request: Request<pb::GenerateRequest>) -> Result<Response<Self::GenerateStream>, Status> {
+    async fn generate(
+        &self,
+        _request: Request<pb::GenerateRequest>,
+    ) -> Result<Response<Self::GenerateStream>, Status> {
         Err(Status::unimplemented("Generate is not implemented yet"))
     }
 }

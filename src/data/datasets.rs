@@ -33,7 +33,10 @@ pub struct DatasetRecord {
 }
 
 pub enum DatasetInput {
-    Ids { ids: Vec<u32>, vocab_size: usize },
+    Ids {
+        ids: Vec<u32>,
+        vocab_size: usize,
+    },
     Text {
         text: String,
         tokenizer: TokenizerKind,
@@ -96,7 +99,11 @@ impl Datasets {
             }
         };
         if tokens.len() < 2 {
-            let field = if tokenizer == TokenizerKind::Ids { "ids.ids" } else { "text" };
+            let field = if tokenizer == TokenizerKind::Ids {
+                "ids.ids"
+            } else {
+                "text"
+            };
             return Err(InvalidField::new(
                 field,
                 format!("must hold at least 2 tokens, got {}", tokens.len()),
@@ -126,7 +133,8 @@ impl Datasets {
         };
         // Tokens first, record last: the record is the commit point.
         self.store.put_blob(&tokens_key(&record.id), &bytes)?;
-        self.store.put_record(TABLE, &record.id, &to_json(&record))?;
+        self.store
+            .put_record(TABLE, &record.id, &to_json(&record))?;
         Ok(record)
     }
 

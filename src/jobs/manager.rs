@@ -79,7 +79,11 @@ struct WorkerContext {
 }
 
 impl JobManager {
-    pub fn start(config: JobsConfig, datasets: Arc<Datasets>, registry: Arc<ModelRegistry>) -> Self {
+    pub fn start(
+        config: JobsConfig,
+        datasets: Arc<Datasets>,
+        registry: Arc<ModelRegistry>,
+    ) -> Self {
         let (commands, rx) = mpsc::unbounded_channel();
         let (work_tx, work_rx) = std_mpsc::channel::<WorkItem>();
         let work_rx = Arc::new(Mutex::new(work_rx));
@@ -117,7 +121,10 @@ impl JobManager {
         Self { commands }
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, JobError> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, JobError> {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(make(tx))

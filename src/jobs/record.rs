@@ -17,7 +17,10 @@ pub enum JobState {
 
 impl JobState {
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
     }
 }
 
@@ -29,7 +32,10 @@ pub struct ModelRef {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum EventKind {
-    State { state: JobState, message: String },
+    State {
+        state: JobState,
+        message: String,
+    },
     Batch(BatchProgress),
     Epoch {
         metrics: EpochMetrics,

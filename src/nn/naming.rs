@@ -31,7 +31,11 @@ pub fn direction_names(layer: usize, reverse: bool) -> DirectionNames {
 
 /// The recurrent layer a parameter belongs to (`layers.{i}.…`), if any.
 pub fn layer_index(name: &str) -> Option<usize> {
-    name.strip_prefix("layers.")?.split('.').next()?.parse().ok()
+    name.strip_prefix("layers.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Shapes of one direction's tensors, in `DirectionNames` order.

@@ -41,7 +41,13 @@ impl Dropout {
         }
         let keep = 1.0 / (1.0 - p);
         let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| if self.rng.random::<f32>() < p { 0.0 } else { keep })
+            .map(|_| {
+                if self.rng.random::<f32>() < p {
+                    0.0
+                } else {
+                    keep
+                }
+            })
             .collect();
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         x * mask
@@ -52,7 +58,10 @@ impl Network {
     /// Builds the network from tensors named as in a PyTorch state_dict;
     /// every expected tensor must be present with its exact shape, and no
     /// other tensor may be.
-    pub fn from_tensors(spec: &ModelSpec, tensors: &HashMap<String, Tensor>) -> Result<Self, NnError> {
+    pub fn from_tensors(
+        spec: &ModelSpec,
+        tensors: &HashMap<String, Tensor>,
+    ) -> Result<Self, NnError> {
         let expected = naming::parameter_shapes(spec);
         for (name, shape) in &expected {
             let t = tensors
@@ -107,7 +116,11 @@ impl Network {
 
     /// `ids`: u32 [B, T] -> logits [B, vocab]. With `dropout`, the spec's
     /// dropout layers are active (training); without, they are identity.
-    pub fn forward(&self, ids: &Tensor, mut dropout: Option<&mut Dropout>) -> candle_core::Result<Tensor> {
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        mut dropout: Option<&mut Dropout>,
+    ) -> candle_core::Result<Tensor> {
         let (batch, steps) = ids.dims2()?;
         let mut x = self
             .embedding
@@ -152,7 +165,10 @@ pub fn initial_parameters(
             let dist = Uniform::new_inclusive(-bound, bound).expect("bound is finite");
             (0..n).map(|_| dist.sample(&mut rng)).collect()
         };
-        out.push((name, Tensor::from_vec(values, shape, device)?.to_dtype(DType::F32)?));
+        out.push((
+            name,
+            Tensor::from_vec(values, shape, device)?.to_dtype(DType::F32)?,
+        ));
     }
     Ok(out)
 }

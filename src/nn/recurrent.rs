@@ -129,5 +129,8 @@ fn run_direction(
         states[t] = Some(next.clone());
         h = Some(next);
     }
-    Ok(states.into_iter().map(|s| s.expect("every step ran")).collect())
+    Ok(states
+        .into_iter()
+        .map(|s| s.expect("every step ran"))
+        .collect())
 }

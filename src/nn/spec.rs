@@ -198,7 +198,10 @@ impl SpecRequest {
 
 fn check_dropout(field: &str, p: f32) -> Result<(), InvalidField> {
     if !(0.0..1.0).contains(&p) {
-        return Err(InvalidField::new(field, format!("must be in [0, 1), got {p}")));
+        return Err(InvalidField::new(
+            field,
+            format!("must be in [0, 1), got {p}"),
+        ));
     }
     Ok(())
 }

@@ -93,7 +93,11 @@ impl Predictor {
     }
 
     /// The loaded model for `name` at `version` (latest when None).
-    pub async fn model(&self, name: &str, version: Option<u32>) -> Result<Arc<LoadedModel>, PredictError> {
+    pub async fn model(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Arc<LoadedModel>, PredictError> {
         let label = match version {
             Some(v) => format!("{name:?} version {v}"),
             None => format!("{name:?}"),
@@ -183,9 +187,11 @@ impl Predictor {
             encoded.push(ids);
         }
         let model2 = Arc::clone(&model);
-        let probs = tokio::task::spawn_blocking(move || next_token_probabilities(&model2.network, &encoded))
-            .await
-            .expect("inference does not panic")?;
+        let probs = tokio::task::spawn_blocking(move || {
+            next_token_probabilities(&model2.network, &encoded)
+        })
+        .await
+        .expect("inference does not panic")?;
         let vocabulary = model.info.vocabulary();
         let top = probs
             .iter()
@@ -222,7 +228,8 @@ fn load(
         .weights(&meta.name, meta.version)?
         .ok_or_else(|| corrupt("weights file is missing".into()))?;
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
-    let network = Network::from_tensors(&info.spec, &tensors).map_err(|e: NnError| corrupt(e.to_string()))?;
+    let network =
+        Network::from_tensors(&info.spec, &tensors).map_err(|e: NnError| corrupt(e.to_string()))?;
     Ok(Arc::new(LoadedModel {
         name: meta.name,
         version: meta.version,
@@ -233,16 +240,23 @@ fn load(
 
 /// Softmax over the vocabulary for each sequence. Sequences are grouped by
 /// length, so no padding enters any result.
-pub fn next_token_probabilities(network: &Network, sequences: &[Vec<u32>]) -> candle_core::Result<Vec<Vec<f32>>> {
+pub fn next_token_probabilities(
+    network: &Network,
+    sequences: &[Vec<u32>],
+) -> candle_core::Result<Vec<Vec<f32>>> {
     let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, s) in sequences.iter().enumerate() {
         by_len.entry(s.len()).or_default().push(i);
     }
     let mut out = vec![Vec::new(); sequences.len()];
     for (len, members) in by_len {
-        let flat: Vec<u32> = members.iter().flat_map(|&i| sequences[i].iter().copied()).collect();
+        let flat: Vec<u32> = members
+            .iter()
+            .flat_map(|&i| sequences[i].iter().copied())
+            .collect();
         let ids = Tensor::from_vec(flat, (members.len(), len), network.device())?;
-        let probs = candle_nn::ops::softmax_last_dim(&network.forward(&ids, None)?)?.to_vec2::<f32>()?;
+        let probs =
+            candle_nn::ops::softmax_last_dim(&network.forward(&ids, None)?)?.to_vec2::<f32>()?;
         for (row, i) in probs.into_iter().zip(members) {
             out[i] = row;
         }
@@ -259,5 +273,7 @@ fn top_k_of(probs: &[f32], k: usize) -> Vec<(u32, f64)> {
             .then(a.cmp(&b))
     });
     idx.truncate(k);
-    idx.into_iter().map(|i| (i, probs[i as usize] as f64)).collect()
+    idx.into_iter()
+        .map(|i| (i, probs[i as usize] as f64))
+        .collect()
 }

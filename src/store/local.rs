@@ -51,7 +51,11 @@ impl LocalStore {
     fn record_path(&self, table: &str, id: &str) -> Result<PathBuf, StoreError> {
         check_key(table)?;
         check_key(id)?;
-        Ok(self.root.join("records").join(table).join(format!("{id}.json")))
+        Ok(self
+            .root
+            .join("records")
+            .join(table)
+            .join(format!("{id}.json")))
     }
 }
 

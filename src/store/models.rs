@@ -55,7 +55,11 @@ impl ModelRegistry {
     }
 
     /// One version, or the latest when `version` is None.
-    pub fn get(&self, name: &str, version: Option<u32>) -> Result<Option<ModelMetadata>, StoreError> {
+    pub fn get(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Option<ModelMetadata>, StoreError> {
         match version {
             Some(v) => self
                 .store
@@ -103,7 +107,8 @@ impl ModelRegistry {
         let json = to_json(&meta);
         self.store.put_blob(&weights_key(name, version), weights)?;
         self.store.put_blob(&metadata_key(name, version), &json)?;
-        self.store.put_record(TABLE, &record_id(name, version), &json)?;
+        self.store
+            .put_record(TABLE, &record_id(name, version), &json)?;
         Ok(meta)
     }
 }

@@ -14,7 +14,13 @@ pub struct Adam {
 }
 
 impl Adam {
-    pub fn new(params: Vec<Var>, learning_rate: f64, beta1: f64, beta2: f64, epsilon: f64) -> Result<Self> {
+    pub fn new(
+        params: Vec<Var>,
+        learning_rate: f64,
+        beta1: f64,
+        beta2: f64,
+        epsilon: f64,
+    ) -> Result<Self> {
         let zeros = |p: &Var| p.as_tensor().zeros_like();
         Ok(Self {
             m: params.iter().map(zeros).collect::<Result<_>>()?,
@@ -39,8 +45,12 @@ impl Adam {
                 continue;
             };
             let m = (self.m[i].affine(self.beta1, 0.0)? + g.affine(1.0 - self.beta1, 0.0)?)?;
-            let v = (self.v[i].affine(self.beta2, 0.0)? + g.sqr()?.affine(1.0 - self.beta2, 0.0)?)?;
-            let denom = v.affine(1.0 / bc2, 0.0)?.sqrt()?.affine(1.0, self.epsilon)?;
+            let v =
+                (self.v[i].affine(self.beta2, 0.0)? + g.sqr()?.affine(1.0 - self.beta2, 0.0)?)?;
+            let denom = v
+                .affine(1.0 / bc2, 0.0)?
+                .sqrt()?
+                .affine(1.0, self.epsilon)?;
             let update = (m.affine(self.learning_rate / bc1, 0.0)? / denom)?;
             p.set(&(p.as_tensor() - update)?)?;
             self.m[i] = m;

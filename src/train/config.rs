@@ -47,7 +47,10 @@ impl Default for TrainLimits {
 
 fn check_unit_interval(field: &str, v: f64) -> Result<f64, InvalidField> {
     if !(0.0..1.0).contains(&v) {
-        return Err(InvalidField::new(field, format!("must be in [0, 1), got {v}")));
+        return Err(InvalidField::new(
+            field,
+            format!("must be in [0, 1), got {v}"),
+        ));
     }
     Ok(v)
 }
@@ -71,7 +74,12 @@ impl TrainConfigRequest {
             ));
         }
         Ok(TrainConfig {
-            epochs: check_range("config.epochs", self.epochs.unwrap_or(10), 1, limits.max_epochs)?,
+            epochs: check_range(
+                "config.epochs",
+                self.epochs.unwrap_or(10),
+                1,
+                limits.max_epochs,
+            )?,
             batch_size: check_range(
                 "config.batch_size",
                 self.batch_size.unwrap_or(64),

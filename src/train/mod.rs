@@ -13,7 +13,11 @@ pub enum TrainError {
     #[error("cancelled")]
     Cancelled,
     #[error("numerical failure at epoch {epoch}, batch {batch}: {what}")]
-    NonFinite { epoch: u32, batch: u32, what: String },
+    NonFinite {
+        epoch: u32,
+        batch: u32,
+        what: String,
+    },
     #[error("{0}")]
     NoData(String),
     #[error(transparent)]
@@ -24,9 +28,6 @@ pub enum TrainError {
 
 /// Serializes named tensors as a safetensors file.
 pub fn to_safetensors(parameters: &[(String, candle_core::Tensor)]) -> Result<Vec<u8>, TrainError> {
-    safetensors::serialize(
-        parameters.iter().map(|(n, t)| (n.as_str(), t)),
-        None,
-    )
-    .map_err(|e| TrainError::Candle(candle_core::Error::Msg(e.to_string())))
+    safetensors::serialize(parameters.iter().map(|(n, t)| (n.as_str(), t)), None)
+        .map_err(|e| TrainError::Candle(candle_core::Error::Msg(e.to_string())))
 }

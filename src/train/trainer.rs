@@ -146,7 +146,8 @@ pub fn train(
         progress_interval,
     } = input;
     let windows = Windows::new(tokens, spec.window);
-    let (mut train_idx, val_idx) = split_windows(windows.len(), config.validation_split, config.seed);
+    let (mut train_idx, val_idx) =
+        split_windows(windows.len(), config.validation_split, config.seed);
     if train_idx.is_empty() {
         return Err(TrainError::NoData(format!(
             "the dataset has {} tokens, too few for one window of {} plus its target",
