@@ -28,9 +28,6 @@ pub struct ServeArgs {
     /// Largest gRPC message accepted, in bytes.
     #[arg(long, env = "LSTMD_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
     pub max_message_bytes: usize,
-    /// How often a running epoch reports progress, in milliseconds.
-    #[arg(long, env = "LSTMD_PROGRESS_INTERVAL_MS", default_value_t = 1000)]
-    pub progress_interval_ms: u64,
     /// Seconds to wait for open streams on shutdown.
     #[arg(long, env = "LSTMD_SHUTDOWN_GRACE", default_value_t = 30)]
     pub shutdown_grace: u64,

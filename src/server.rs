@@ -79,11 +79,11 @@ pub async fn start(
             workers: args.workers(),
             max_queued: args.max_queued_jobs,
             device: device.clone(),
-            progress_interval: Duration::from_millis(args.progress_interval_ms),
         },
+        Arc::clone(&store),
         Arc::clone(&datasets),
         Arc::clone(&registry),
-    );
+    )?;
     let predictor = Arc::new(Predictor::new(
         Arc::clone(&registry),
         device.clone(),
@@ -97,7 +97,7 @@ pub async fn start(
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
     let job_svc = JobServiceServer::new(JobApi {
-        jobs,
+        jobs: jobs.clone(),
         datasets,
         spec_limits: args.limits.spec(),
         train_limits: args.limits.train(),
@@ -111,6 +111,7 @@ pub async fn start(
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
 
+    let grace = Duration::from_secs(args.shutdown_grace);
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -121,24 +122,28 @@ pub async fn start(
         .build_v1alpha()?;
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let grace = Duration::from_secs(args.shutdown_grace);
     let shutdown_reporter = reporter.clone();
-    // Resolves on the first of the caller's signal and `stop()`, after
-    // reporting NOT_SERVING.
-    let (signalled_tx, signalled_rx) = tokio::sync::watch::channel(false);
+    // Shutdown, on the first of the caller's signal and `stop()`: report
+    // NOT_SERVING, stop the jobs (they keep their checkpoints; watch streams
+    // end with a clear message), then let tonic drain in-flight calls. The
+    // whole sequence is bounded by the grace period.
+    let (deadline_tx, mut deadline_rx) = tokio::sync::watch::channel(None);
+    let (drain_tx, mut drain_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         tokio::select! {
             _ = shutdown => {}
             _ = stop_rx => {}
         }
+        let _ = deadline_tx.send(Some(tokio::time::Instant::now() + grace));
         shutdown_reporter
             .set_service_status("", ServingStatus::NotServing)
             .await;
-        tracing::info!("shutting down");
-        let _ = signalled_tx.send(true);
+        tracing::info!("shutting down: refusing new jobs, checkpointing running ones");
+        if tokio::time::timeout(grace, jobs.shutdown()).await.is_err() {
+            tracing::warn!("training workers still busy after the grace period");
+        }
+        let _ = drain_tx.send(true);
     });
-    let mut graceful = signalled_rx.clone();
-    let mut deadline = signalled_rx;
     let router = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection_v1)
@@ -150,16 +155,18 @@ pub async fn start(
     let task = tokio::spawn(async move {
         let serve =
             router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                let _ = graceful.wait_for(|s| *s).await;
+                let _ = drain_rx.wait_for(|d| *d).await;
             });
-        // Open streams can hold a graceful shutdown forever: bound the wait.
+        // Open streams can hold a graceful shutdown forever (tonic #1820).
         tokio::select! {
             r = serve => r.context("gRPC server failed"),
             _ = async {
-                let _ = deadline.wait_for(|s| *s).await;
-                tokio::time::sleep(grace).await;
+                let Ok(deadline) = deadline_rx.wait_for(Option::is_some).await.map(|d| d.expect("is some")) else {
+                    return std::future::pending().await;
+                };
+                tokio::time::sleep_until(deadline).await;
             } => {
-                tracing::warn!(grace_seconds = grace.as_secs(), "streams still open after the grace period; exiting");
+                tracing::warn!(grace_seconds = grace.as_secs(), "calls still open after the grace period; exiting");
                 Ok(())
             }
         }

@@ -86,9 +86,7 @@ async fn health_is_serving_and_reflection_lists_every_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_watcher_gets_every_event_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let mut args = args(dir.path());
-    args.progress_interval_ms = 0; // a batch event after every batch
-    let server = start_with(args).await;
+    let server = start(dir.path()).await;
     let mut c = connect(&server).await;
     let ds = ids_dataset(&mut c, "cycle5", cycle(5, 400), 5).await;
     let job = c
@@ -104,8 +102,12 @@ async fn every_watcher_gets_every_event_in_order() {
             config: Some(pb::TrainingConfig {
                 epochs: Some(3),
                 batch_size: Some(16),
+                // A batch event after every batch.
+                progress_every_batches: Some(1),
+                progress_every_seconds: Some(0.0),
                 ..Default::default()
             }),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -23,6 +23,7 @@ fn deep_request(dataset_id: &str, model: &str, epochs: u32) -> pb::CreateTrainin
             validation_split: Some(0.1),
             ..Default::default()
         }),
+        ..Default::default()
     }
 }
 
@@ -304,6 +305,7 @@ async fn bad_input_gets_a_clear_status_naming_the_field() {
         dataset_id: dataset_id.into(),
         spec: Some(spec),
         config: None,
+        ..Default::default()
     };
     assert_status(
         c.jobs

@@ -4,6 +4,9 @@ use crate::jobs::{EventKind, JobEvent, JobRecord, JobState, ModelRef};
 use crate::nn::metadata::EpochMetrics;
 use crate::nn::{Cell, LayerSpec, ModelSpec, SpecRequest};
 use crate::proto as pb;
+use crate::train::config::{
+    EarlyStoppingRequest, Mode, Monitor, MonitorRequest, Optimizer, ReduceLrRequest,
+};
 use crate::train::{TrainConfig, TrainConfigRequest};
 
 pub fn timestamp(ms: u64) -> prost_types::Timestamp {
@@ -73,18 +76,56 @@ pub fn spec_to_proto(spec: &ModelSpec) -> pb::ModelSpec {
     }
 }
 
+fn monitor_request(m: Option<pb::Monitor>) -> MonitorRequest {
+    let m = m.unwrap_or_default();
+    MonitorRequest {
+        metric: m.metric,
+        mode: m.mode,
+        min_delta: m.min_delta,
+    }
+}
+
 pub fn config_request(config: Option<pb::TrainingConfig>) -> TrainConfigRequest {
     let c = config.unwrap_or_default();
     TrainConfigRequest {
         epochs: c.epochs,
         batch_size: c.batch_size.map(|v| v as usize),
+        optimizer: (!c.optimizer.is_empty()).then_some(c.optimizer),
         learning_rate: c.learning_rate.map(f64::from),
         beta1: c.beta1.map(f64::from),
         beta2: c.beta2.map(f64::from),
         epsilon: c.epsilon.map(f64::from),
+        weight_decay: c.weight_decay.map(f64::from),
         validation_split: c.validation_split.map(f64::from),
         seed: c.seed,
         shuffle: c.shuffle,
+        clip_grad_norm: c.clip_grad_norm.map(f64::from),
+        early_stopping: c.early_stopping.map(|e| EarlyStoppingRequest {
+            monitor: monitor_request(e.monitor),
+            patience: e.patience,
+            restore_best_weights: e.restore_best_weights,
+        }),
+        reduce_lr_on_plateau: c.reduce_lr_on_plateau.map(|r| ReduceLrRequest {
+            monitor: monitor_request(r.monitor),
+            factor: r.factor,
+            patience: r.patience,
+            min_lr: r.min_lr,
+        }),
+        keep_best: c.keep_best,
+        progress_every_batches: c.progress_every_batches,
+        progress_every_seconds: c.progress_every_seconds.map(f64::from),
+    }
+}
+
+fn monitor_to_proto(m: &Monitor) -> pb::Monitor {
+    pb::Monitor {
+        metric: m.metric.name().to_string(),
+        mode: match m.mode {
+            Mode::Min => "min",
+            Mode::Max => "max",
+        }
+        .to_string(),
+        min_delta: m.min_delta,
     }
 }
 
@@ -99,6 +140,30 @@ pub fn config_to_proto(c: &TrainConfig) -> pb::TrainingConfig {
         validation_split: Some(c.validation_split as f32),
         seed: Some(c.seed),
         shuffle: Some(c.shuffle),
+        optimizer: match c.optimizer {
+            Optimizer::Adam => "adam",
+            Optimizer::AdamW => "adamw",
+        }
+        .to_string(),
+        weight_decay: Some(c.weight_decay as f32),
+        clip_grad_norm: Some(c.clip_grad_norm as f32),
+        early_stopping: c.early_stopping.as_ref().map(|e| pb::EarlyStopping {
+            monitor: Some(monitor_to_proto(&e.monitor)),
+            patience: e.patience,
+            restore_best_weights: e.restore_best_weights,
+        }),
+        reduce_lr_on_plateau: c
+            .reduce_lr_on_plateau
+            .as_ref()
+            .map(|r| pb::ReduceLrOnPlateau {
+                monitor: Some(monitor_to_proto(&r.monitor)),
+                factor: Some(r.factor),
+                patience: r.patience,
+                min_lr: r.min_lr,
+            }),
+        keep_best: Some(c.keep_best),
+        progress_every_batches: Some(c.progress_every_batches),
+        progress_every_seconds: Some(c.progress_every_seconds as f32),
     }
 }
 
@@ -107,8 +172,12 @@ pub fn metrics_to_proto(m: &EpochMetrics) -> pb::EpochMetrics {
         epoch: m.epoch,
         loss: m.loss,
         accuracy: m.accuracy,
+        top5_accuracy: m.top5_accuracy,
+        perplexity: m.perplexity,
         val_loss: m.val_loss,
         val_accuracy: m.val_accuracy,
+        val_top5_accuracy: m.val_top5_accuracy,
+        val_perplexity: m.val_perplexity,
         learning_rate: m.learning_rate,
         samples_per_second: m.samples_per_second,
         elapsed_seconds: m.elapsed_seconds,
@@ -166,6 +235,7 @@ pub fn event_to_proto(e: &JobEvent) -> pb::JobEvent {
             samples_per_second: b.samples_per_second,
             elapsed_seconds: b.elapsed_seconds,
             eta_seconds: b.eta_seconds,
+            learning_rate: b.learning_rate,
         }),
         EventKind::Epoch {
             metrics,
@@ -176,14 +246,13 @@ pub fn event_to_proto(e: &JobEvent) -> pb::JobEvent {
             epochs: *epochs,
             eta_seconds: *eta_seconds,
         }),
-        EventKind::Finished {
-            state,
-            reason,
-            model,
-        } => Kind::Finished(pb::Finished {
-            state: state_to_proto(*state) as i32,
-            reason: reason.clone(),
-            model: model.as_ref().map(model_ref),
+        EventKind::Finished(f) => Kind::Finished(pb::Finished {
+            state: state_to_proto(f.state) as i32,
+            reason: f.reason.clone(),
+            model: f.model.as_ref().map(model_ref),
+            best_epoch: f.best_epoch.unwrap_or(0),
+            weights_epoch: f.weights_epoch.unwrap_or(0),
+            stopped_early: f.stopped_early,
         }),
     };
     pb::JobEvent {
@@ -209,5 +278,6 @@ pub fn job_to_proto(j: &JobRecord) -> pb::Job {
         model: j.model.as_ref().map(model_ref),
         error: j.error.clone().unwrap_or_default(),
         history: j.history.iter().map(metrics_to_proto).collect(),
+        validation_dataset_id: j.request.validation_dataset_id.clone().unwrap_or_default(),
     }
 }

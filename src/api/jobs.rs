@@ -8,9 +8,9 @@ use tonic::{Request, Response, Status};
 use super::convert::{
     config_request, event_to_proto, job_to_proto, spec_request, state_from_proto,
 };
-use crate::data::{DataError, Datasets};
+use crate::data::{DataError, DatasetRecord, Datasets};
 use crate::error::{check_name, check_range};
-use crate::jobs::{JobManager, TrainingRequest};
+use crate::jobs::{JobManager, TrainingRequest, WatchItem};
 use crate::nn::SpecLimits;
 use crate::proto as pb;
 use crate::proto::job_service_server::JobService;
@@ -28,22 +28,37 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Sen
 impl JobApi {
     /// Resolves presets and defaults and checks the request against the
     /// dataset, so a job that is queued can run.
-    async fn validate(&self, r: pb::CreateTrainingJobRequest) -> Result<TrainingRequest, Status> {
-        check_name("dataset_id", &r.dataset_id).map_err(|_| {
-            Status::not_found(format!("dataset_id {:?} names no dataset", r.dataset_id))
-        })?;
+    async fn dataset(&self, field: &str, id: &str) -> Result<DatasetRecord, Status> {
+        let not_found = || Status::not_found(format!("{field} {id:?} names no dataset"));
+        check_name(field, id).map_err(|_| not_found())?;
         let datasets = Arc::clone(&self.datasets);
-        let id = r.dataset_id.clone();
-        let dataset = match tokio::task::spawn_blocking(move || datasets.get(&id))
+        let id = id.to_string();
+        match tokio::task::spawn_blocking(move || datasets.get(&id))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
         {
-            Err(DataError::NotFound(id)) => {
-                return Err(Status::not_found(format!(
-                    "dataset_id {id:?} names no dataset"
-                )))
+            Err(DataError::NotFound(_)) => Err(not_found()),
+            other => Ok(other?),
+        }
+    }
+
+    /// Resolves presets and defaults and checks the request against the
+    /// dataset, so a job that is queued can run.
+    async fn validate(&self, r: pb::CreateTrainingJobRequest) -> Result<TrainingRequest, Status> {
+        let dataset = self.dataset("dataset_id", &r.dataset_id).await?;
+        let validation = if r.validation_dataset_id.is_empty() {
+            None
+        } else {
+            let v = self
+                .dataset("validation_dataset_id", &r.validation_dataset_id)
+                .await?;
+            if v.vocabulary != dataset.vocabulary || v.vocab_size > dataset.vocab_size {
+                return Err(Status::invalid_argument(format!(
+                    "validation_dataset_id {} must share the vocabulary of dataset_id {}",
+                    v.id, dataset.id
+                )));
             }
-            other => other?,
+            Some(v)
         };
         let spec_req = spec_request(r.spec)?;
         let mut config_req = config_request(r.config);
@@ -52,23 +67,27 @@ impl JobApi {
             config_req.learning_rate = Some(0.001);
         }
         let spec = spec_req.resolve(Some(dataset.vocab_size), &self.spec_limits)?;
-        let config = config_req.resolve(&self.train_limits)?;
+        let config = config_req.resolve(&self.train_limits, validation.is_some())?;
         let model_name = if r.model_name.is_empty() {
             dataset.name.clone()
         } else {
             r.model_name
         };
         check_name("model_name", &model_name)?;
-        let needed = spec.window as u64 + 1;
-        if dataset.token_count < needed {
-            return Err(Status::invalid_argument(format!(
-                "dataset_id {} has {} tokens, too few for one window of spec.window {} plus its target",
-                dataset.id, dataset.token_count, spec.window
-            )));
+        for (field, d) in std::iter::once(("dataset_id", &dataset))
+            .chain(validation.iter().map(|v| ("validation_dataset_id", v)))
+        {
+            if d.token_count < spec.window as u64 + 1 {
+                return Err(Status::invalid_argument(format!(
+                    "{field} {} has {} tokens, too few for one window of spec.window {} plus its target",
+                    d.id, d.token_count, spec.window
+                )));
+            }
         }
         Ok(TrainingRequest {
             model_name,
             dataset_id: dataset.id,
+            validation_dataset_id: validation.map(|v| v.id),
             spec,
             config,
         })
@@ -76,9 +95,12 @@ impl JobApi {
 
     async fn event_stream(&self, id: &str) -> Result<EventStream, Status> {
         let rx = self.jobs.watch(id).await?;
-        Ok(Box::pin(
-            ReceiverStream::new(rx).map(|e| Ok(event_to_proto(&e))),
-        ))
+        Ok(Box::pin(ReceiverStream::new(rx).map(|item| match item {
+            WatchItem::Event(e) => Ok(event_to_proto(&e)),
+            WatchItem::ShuttingDown => Err(Status::unavailable(
+                "the server is shutting down; the job resumes from its last checkpoint when it restarts",
+            )),
+        })))
     }
 }
 

@@ -41,6 +41,8 @@ impl From<JobError> for Status {
             JobError::NotFound(_) => Code::NotFound,
             JobError::QueueFull(_) => Code::ResourceExhausted,
             JobError::ShuttingDown => Code::Unavailable,
+            JobError::AlreadyEnded { .. } => Code::FailedPrecondition,
+            JobError::Store(_) => return internal(e),
         };
         Status::new(code, e.to_string())
     }

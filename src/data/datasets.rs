@@ -151,9 +151,9 @@ impl Datasets {
     pub fn list(&self) -> Result<Vec<DatasetRecord>, DataError> {
         let mut all: Vec<DatasetRecord> = self
             .store
-            .list_records(TABLE)?
+            .list_records(TABLE, "")?
             .iter()
-            .map(|b| from_json(b))
+            .map(|(_, b)| from_json(b))
             .collect::<Result<_, _>>()?;
         all.sort_by_key(|d| d.created_at_ms);
         Ok(all)

@@ -1,31 +1,36 @@
-//! The job manager: one background task owns every job record and the FIFO
-//! queue, driven by commands over a channel; a pool of worker threads runs
-//! the training (never on the tokio executor).
+//! The job manager: one background thread owns every job record and the
+//! FIFO queue, driven by commands over a channel, and writes each change to
+//! the record store before it is visible; a pool of worker threads runs the
+//! training (never on the tokio executor).
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
-use std::time::Duration;
 
 use candle_core::Device;
 use tokio::sync::{mpsc, oneshot};
 
-use super::log::JobLog;
-use super::record::{EventKind, JobEvent, JobRecord, JobState, ModelRef, TrainingRequest};
+use super::log::{JobLog, WatchItem};
+use super::record::{EventKind, Finished, JobEvent, JobRecord, JobState, TrainingRequest};
+use super::worker::{run_job, WorkItem, WorkOutcome, WorkerContext};
 use super::JobError;
 use crate::data::Datasets;
-use crate::nn::metadata::{ModelInfo, FORMAT};
-use crate::store::{now_millis, ModelRegistry};
-use crate::train::{self, to_safetensors, TrainError, TrainEvent, TrainInput};
+use crate::store::{from_json, now_millis, to_json, ModelRegistry, RecordWrite, Store};
+
+const JOBS: &str = "jobs";
+const EVENTS: &str = "job_events";
+
+fn event_id(job: &str, seq: u64) -> String {
+    format!("{job}/{seq:012}")
+}
 
 #[derive(Clone, Debug)]
 pub struct JobsConfig {
     pub workers: usize,
     pub max_queued: usize,
     pub device: Device,
-    pub progress_interval: Duration,
 }
 
-enum Command {
+pub(super) enum Command {
     Submit {
         request: TrainingRequest,
         reply: oneshot::Sender<Result<JobRecord, JobError>>,
@@ -41,58 +46,59 @@ enum Command {
         id: String,
         reply: oneshot::Sender<Result<Arc<JobLog>, JobError>>,
     },
-    Progress {
+    Cancel {
+        id: String,
+        reply: oneshot::Sender<Result<JobRecord, JobError>>,
+    },
+    Event {
         id: String,
         kind: EventKind,
     },
-    Finished {
+    WorkDone {
         id: String,
-        result: Result<ModelRef, TrainError>,
+        outcome: WorkOutcome,
     },
-}
-
-struct WorkItem {
-    id: String,
-    request: TrainingRequest,
-    cancel: Arc<AtomicBool>,
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 struct Entry {
     record: JobRecord,
-    log: Arc<JobLog>,
+    /// Loaded on first watch for jobs that ended before this process.
+    log: Option<Arc<JobLog>>,
     cancel: Arc<AtomicBool>,
+    /// Continue from the job's checkpoint when it runs.
+    resume: bool,
 }
 
-/// Cheap to clone; every clone talks to the same background task.
+/// Cheap to clone; every clone talks to the same background thread.
 #[derive(Clone)]
 pub struct JobManager {
     commands: mpsc::UnboundedSender<Command>,
 }
 
-/// What a worker thread needs to run a job to completion.
-struct WorkerContext {
-    datasets: Arc<Datasets>,
-    registry: Arc<ModelRegistry>,
-    device: Device,
-    progress_interval: Duration,
-    commands: mpsc::UnboundedSender<Command>,
-}
-
 impl JobManager {
+    /// Loads the job records, queues the jobs that had not ended (those that
+    /// were running resume from their checkpoints, first), and starts the
+    /// workers.
     pub fn start(
         config: JobsConfig,
+        store: Arc<dyn Store>,
         datasets: Arc<Datasets>,
         registry: Arc<ModelRegistry>,
-    ) -> Self {
+    ) -> Result<Self, JobError> {
         let (commands, rx) = mpsc::unbounded_channel();
         let (work_tx, work_rx) = std_mpsc::channel::<WorkItem>();
         let work_rx = Arc::new(Mutex::new(work_rx));
+        let shutdown = Arc::new(AtomicBool::new(false));
         let context = Arc::new(WorkerContext {
+            store: Arc::clone(&store),
             datasets,
             registry,
             device: config.device.clone(),
-            progress_interval: config.progress_interval,
             commands: commands.clone(),
+            shutdown: Arc::clone(&shutdown),
         });
         for n in 0..config.workers {
             let work_rx = Arc::clone(&work_rx);
@@ -106,19 +112,26 @@ impl JobManager {
                     };
                     run_job(&context, item);
                 })
-                .expect("spawn a training worker thread");
+                .map_err(|e| JobError::Store(e.to_string()))?;
         }
-        let actor = Actor {
+        let mut actor = Actor {
+            store,
             jobs: HashMap::new(),
             order: Vec::new(),
             queue: VecDeque::new(),
             running: 0,
             workers: config.workers,
             max_queued: config.max_queued,
-            work_tx,
+            work_tx: Some(work_tx),
+            shutdown,
+            shutdown_waiters: Vec::new(),
         };
-        tokio::spawn(actor.run(rx));
-        Self { commands }
+        actor.recover()?;
+        std::thread::Builder::new()
+            .name("job-manager".into())
+            .spawn(move || actor.run(rx))
+            .map_err(|e| JobError::Store(e.to_string()))?;
+        Ok(Self { commands })
     }
 
     async fn ask<T>(
@@ -146,87 +159,29 @@ impl JobManager {
         self.ask(|reply| Command::List { reply }).await
     }
 
+    pub async fn cancel(&self, id: &str) -> Result<JobRecord, JobError> {
+        let id = id.to_string();
+        self.ask(|reply| Command::Cancel { id, reply }).await?
+    }
+
     /// The job's events so far then live ones; the stream ends after the
-    /// terminal event.
-    pub async fn watch(&self, id: &str) -> Result<mpsc::Receiver<JobEvent>, JobError> {
+    /// terminal event, or with `ShuttingDown`.
+    pub async fn watch(&self, id: &str) -> Result<mpsc::Receiver<WatchItem>, JobError> {
         let id = id.to_string();
         let log = self.ask(|reply| Command::Watch { id, reply }).await??;
         Ok(log.watch(16))
     }
-}
 
-fn run_job(context: &WorkerContext, item: WorkItem) {
-    let send = |kind: EventKind| {
-        let _ = context.commands.send(Command::Progress {
-            id: item.id.clone(),
-            kind,
-        });
-    };
-    send(EventKind::State {
-        state: JobState::Running,
-        message: format!("training on {:?}", context.device),
-    });
-    let result = (|| -> Result<ModelRef, TrainError> {
-        let tokens = context
-            .datasets
-            .tokens(&item.request.dataset_id)
-            .map_err(|e| TrainError::NoData(e.to_string()))?;
-        let vocabulary = context
-            .datasets
-            .get(&item.request.dataset_id)
-            .map_err(|e| TrainError::NoData(e.to_string()))?
-            .vocabulary;
-        let trained = train::train(
-            TrainInput {
-                spec: &item.request.spec,
-                config: &item.request.config,
-                tokens: &tokens,
-                device: &context.device,
-                progress_interval: context.progress_interval,
-            },
-            &item.cancel,
-            &mut |event| {
-                send(match event {
-                    TrainEvent::Batch(b) => EventKind::Batch(b),
-                    TrainEvent::Epoch {
-                        metrics,
-                        epochs,
-                        eta_seconds,
-                    } => EventKind::Epoch {
-                        metrics,
-                        epochs,
-                        eta_seconds,
-                    },
-                })
-            },
-        )?;
-        let info = ModelInfo {
-            format: FORMAT.to_string(),
-            created_at_ms: now_millis(),
-            spec: item.request.spec.clone(),
-            vocabulary,
-            training: serde_json::to_value(&item.request.config).expect("config serializes"),
-            history: trained.history,
-            dataset_id: item.request.dataset_id.clone(),
-            job_id: item.id.clone(),
-        };
-        let weights = to_safetensors(&trained.parameters)?;
-        let meta = context
-            .registry
-            .register(&item.request.model_name, info.to_map(), &weights)
-            .map_err(|e| TrainError::NoData(format!("saving the model failed: {e}")))?;
-        Ok(ModelRef {
-            name: meta.name,
-            version: meta.version,
-        })
-    })();
-    let _ = context.commands.send(Command::Finished {
-        id: item.id.clone(),
-        result,
-    });
+    /// Refuses new jobs, ends watch streams, and stops running jobs at their
+    /// next batch, leaving them to resume from their last checkpoint on the
+    /// next start. Returns once no job runs.
+    pub async fn shutdown(&self) {
+        let _ = self.ask(|reply| Command::Shutdown { reply }).await;
+    }
 }
 
 struct Actor {
+    store: Arc<dyn Store>,
     jobs: HashMap<String, Entry>,
     /// Ids in submission order.
     order: Vec<String>,
@@ -234,12 +189,68 @@ struct Actor {
     running: usize,
     workers: usize,
     max_queued: usize,
-    work_tx: std_mpsc::Sender<WorkItem>,
+    work_tx: Option<std_mpsc::Sender<WorkItem>>,
+    shutdown: Arc<AtomicBool>,
+    shutdown_waiters: Vec<oneshot::Sender<()>>,
 }
 
 impl Actor {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
-        while let Some(command) = rx.recv().await {
+    fn recover(&mut self) -> Result<(), JobError> {
+        let store_err = |e: crate::store::StoreError| JobError::Store(e.to_string());
+        let mut records: Vec<JobRecord> = self
+            .store
+            .list_records(JOBS, "")
+            .map_err(store_err)?
+            .iter()
+            .map(|(_, b)| from_json(b))
+            .collect::<Result<_, _>>()
+            .map_err(store_err)?;
+        records.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        let mut resumed = Vec::new();
+        for record in records {
+            let id = record.id.clone();
+            let live = !record.state.is_terminal();
+            let log = if live {
+                let events = self
+                    .store
+                    .list_records(EVENTS, &format!("{id}/"))
+                    .map_err(store_err)?
+                    .iter()
+                    .map(|(_, b)| from_json(b))
+                    .collect::<Result<Vec<JobEvent>, _>>()
+                    .map_err(store_err)?;
+                Some(JobLog::new(events))
+            } else {
+                None
+            };
+            match record.state {
+                JobState::Running => resumed.push(id.clone()),
+                JobState::Queued => self.queue.push_back(id.clone()),
+                _ => {}
+            }
+            self.order.push(id.clone());
+            self.jobs.insert(
+                id,
+                Entry {
+                    resume: record.state == JobState::Running,
+                    record,
+                    log,
+                    cancel: Arc::new(AtomicBool::new(false)),
+                },
+            );
+        }
+        for id in resumed.into_iter().rev() {
+            self.queue.push_front(id);
+        }
+        if !self.queue.is_empty() {
+            tracing::info!(jobs = self.queue.len(), "recovered unfinished jobs");
+        }
+        self.dispatch();
+        Ok(())
+    }
+
+    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        while let Some(command) = rx.blocking_recv() {
             match command {
                 Command::Submit { request, reply } => {
                     let _ = reply.send(self.submit(request));
@@ -262,45 +273,83 @@ impl Actor {
                     );
                 }
                 Command::Watch { id, reply } => {
-                    let _ = reply.send(
-                        self.jobs
-                            .get(&id)
-                            .map(|e| Arc::clone(&e.log))
-                            .ok_or(JobError::NotFound(id)),
-                    );
+                    let _ = reply.send(self.log_of(&id));
                 }
-                Command::Progress { id, kind } => self.record_event(&id, kind),
-                Command::Finished { id, result } => {
+                Command::Cancel { id, reply } => {
+                    let _ = reply.send(self.cancel(&id));
+                }
+                Command::Event { id, kind } => self.record_event(&id, kind),
+                Command::WorkDone { id, outcome } => {
                     self.running -= 1;
-                    let (state, reason, model) = match result {
-                        Ok(model) => {
-                            let epochs = self.jobs[&id].record.request.config.epochs;
-                            (
-                                JobState::Succeeded,
-                                format!("completed {epochs} epochs"),
-                                Some(model),
-                            )
+                    match outcome {
+                        WorkOutcome::Finished(finished) => {
+                            self.record_event(&id, EventKind::Finished(finished))
                         }
-                        Err(TrainError::Cancelled) => {
-                            (JobState::Cancelled, "cancelled".to_string(), None)
+                        WorkOutcome::Interrupted { message } => {
+                            // Stays RUNNING in the store: resumes on restart.
+                            self.record_event(
+                                &id,
+                                EventKind::State {
+                                    state: JobState::Running,
+                                    message,
+                                },
+                            );
                         }
-                        Err(e) => (JobState::Failed, e.to_string(), None),
-                    };
-                    self.record_event(
-                        &id,
-                        EventKind::Finished {
-                            state,
-                            reason,
-                            model,
-                        },
-                    );
+                    }
                     self.dispatch();
+                    self.notify_if_idle();
+                }
+                Command::Shutdown { reply } => {
+                    self.shutdown.store(true, Ordering::SeqCst);
+                    for entry in self.jobs.values() {
+                        if let Some(log) = &entry.log {
+                            if !entry.record.state.is_terminal() {
+                                log.close();
+                            }
+                        }
+                    }
+                    self.shutdown_waiters.push(reply);
+                    self.notify_if_idle();
                 }
             }
         }
     }
 
+    fn notify_if_idle(&mut self) {
+        if self.shutdown.load(Ordering::SeqCst) && self.running == 0 {
+            // Workers exit once the queue's sender is gone.
+            self.work_tx = None;
+            for w in self.shutdown_waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
+    }
+
+    fn log_of(&mut self, id: &str) -> Result<Arc<JobLog>, JobError> {
+        let entry = self
+            .jobs
+            .get_mut(id)
+            .ok_or_else(|| JobError::NotFound(id.to_string()))?;
+        if let Some(log) = &entry.log {
+            return Ok(Arc::clone(log));
+        }
+        let events = self
+            .store
+            .list_records(EVENTS, &format!("{id}/"))
+            .map_err(|e| JobError::Store(e.to_string()))?
+            .iter()
+            .map(|(_, b)| from_json(b))
+            .collect::<Result<Vec<JobEvent>, _>>()
+            .map_err(|e| JobError::Store(e.to_string()))?;
+        let log = JobLog::new(events);
+        entry.log = Some(Arc::clone(&log));
+        Ok(log)
+    }
+
     fn submit(&mut self, request: TrainingRequest) -> Result<JobRecord, JobError> {
+        if self.shutdown.load(Ordering::SeqCst) {
+            return Err(JobError::ShuttingDown);
+        }
         if self.queue.len() >= self.max_queued {
             return Err(JobError::QueueFull(self.max_queued));
         }
@@ -316,81 +365,125 @@ impl Actor {
             model: None,
             error: None,
             history: Vec::new(),
+            events: 0,
         };
         self.jobs.insert(
             id.clone(),
             Entry {
                 record,
-                log: JobLog::new(),
+                log: Some(JobLog::new(Vec::new())),
                 cancel: Arc::new(AtomicBool::new(false)),
+                resume: false,
             },
         );
         self.order.push(id.clone());
+        let ahead = self.queue.len() + self.running;
         self.record_event(
             &id,
             EventKind::State {
                 state: JobState::Queued,
-                message: format!("queued behind {} jobs", self.queue.len()),
+                message: format!("queued; {ahead} jobs ahead"),
             },
         );
+        if self.jobs[&id].record.events == 0 {
+            // The record could not be stored: forget the job.
+            self.jobs.remove(&id);
+            self.order.pop();
+            return Err(JobError::Store(
+                "the job record could not be written".into(),
+            ));
+        }
         self.queue.push_back(id.clone());
         self.dispatch();
         Ok(self.jobs[&id].record.clone())
     }
 
+    fn cancel(&mut self, id: &str) -> Result<JobRecord, JobError> {
+        let entry = self
+            .jobs
+            .get(id)
+            .ok_or_else(|| JobError::NotFound(id.to_string()))?;
+        match entry.record.state {
+            JobState::Queued => {
+                self.queue.retain(|q| q != id);
+                self.record_event(
+                    id,
+                    EventKind::Finished(Finished {
+                        state: JobState::Cancelled,
+                        reason: "cancelled while queued".into(),
+                        model: None,
+                        best_epoch: None,
+                        weights_epoch: None,
+                        stopped_early: false,
+                    }),
+                );
+            }
+            JobState::Running => entry.cancel.store(true, Ordering::SeqCst),
+            state => {
+                return Err(JobError::AlreadyEnded {
+                    id: id.to_string(),
+                    state,
+                })
+            }
+        }
+        Ok(self.jobs[id].record.clone())
+    }
+
     /// Hands queued jobs to idle workers, oldest first.
     fn dispatch(&mut self) {
+        if self.shutdown.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some(work_tx) = &self.work_tx else {
+            return;
+        };
         while self.running < self.workers {
             let Some(id) = self.queue.pop_front() else {
                 return;
             };
             let entry = &self.jobs[&id];
-            if entry.cancel.load(Ordering::Relaxed) {
-                continue;
-            }
             let item = WorkItem {
                 id: id.clone(),
                 request: entry.record.request.clone(),
                 cancel: Arc::clone(&entry.cancel),
+                resume: entry.resume,
             };
-            if self.work_tx.send(item).is_err() {
+            if work_tx.send(item).is_err() {
                 return;
             }
             self.running += 1;
         }
     }
 
-    /// Appends an event to the job's log and folds it into the record.
+    /// Folds an event into the job's record, stores both (batch progress
+    /// without waiting for the disk), then shows the event to watchers.
     fn record_event(&mut self, id: &str, kind: EventKind) {
         let Some(entry) = self.jobs.get_mut(id) else {
             return;
         };
         let now = now_millis();
-        let record = &mut entry.record;
+        let mut record = entry.record.clone();
         match &kind {
             EventKind::State { state, .. } => {
-                record.state = *state;
-                if *state == JobState::Running {
+                if *state == JobState::Running && record.state != JobState::Running {
                     record.started_at_ms = Some(now);
                 }
+                record.state = *state;
             }
             EventKind::Epoch { metrics, .. } => record.history.push(metrics.clone()),
             EventKind::Batch(_) => {}
-            EventKind::Finished {
-                state,
-                reason,
-                model,
-            } => {
-                record.state = *state;
+            EventKind::Finished(f) => {
+                record.state = f.state;
                 record.finished_at_ms = Some(now);
-                record.model = model.clone();
-                if *state != JobState::Succeeded {
-                    record.error = Some(reason.clone());
+                record.model = f.model.clone();
+                if f.state != JobState::Succeeded {
+                    record.error = Some(f.reason.clone());
                 }
             }
         }
+        record.events += 1;
         let event = JobEvent {
-            seq: entry.log.next_seq(),
+            seq: record.events,
             job_id: id.to_string(),
             time_ms: now,
             kind,
@@ -398,6 +491,31 @@ impl Actor {
         if matches!(event.kind, EventKind::Batch(_) | EventKind::Epoch { .. }) {
             record.latest_progress = Some(event.clone());
         }
-        entry.log.push(event);
+        let durable = !matches!(event.kind, EventKind::Batch(_));
+        let (record_json, event_json, eid) =
+            (to_json(&record), to_json(&event), event_id(id, event.seq));
+        let written = self.store.write_records(
+            &[
+                RecordWrite {
+                    table: JOBS,
+                    id,
+                    json: Some(&record_json),
+                },
+                RecordWrite {
+                    table: EVENTS,
+                    id: &eid,
+                    json: Some(&event_json),
+                },
+            ],
+            durable,
+        );
+        if let Err(e) = written {
+            tracing::error!(job = id, error = %e, "cannot store a job event; it is dropped");
+            return;
+        }
+        entry.record = record;
+        if let Some(log) = &entry.log {
+            log.push(event);
+        }
     }
 }

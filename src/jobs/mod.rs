@@ -1,10 +1,14 @@
-//! Jobs: queue, worker pool, records, progress fan-out.
+//! Jobs: queue, worker pool, durable records, progress fan-out, cancel,
+//! resume after a restart.
 pub mod log;
 pub mod manager;
 pub mod record;
+mod worker;
 
+pub use log::WatchItem;
 pub use manager::{JobManager, JobsConfig};
-pub use record::{EventKind, JobEvent, JobRecord, JobState, ModelRef, TrainingRequest};
+pub use record::{EventKind, Finished, JobEvent, JobRecord, JobState, ModelRef, TrainingRequest};
+pub use worker::checkpoint_key;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -12,6 +16,10 @@ pub enum JobError {
     NotFound(String),
     #[error("the job queue is full ({0} jobs waiting); retry later")]
     QueueFull(usize),
-    #[error("the server is shutting down")]
+    #[error("the server is shutting down; retry on another replica or after the restart")]
     ShuttingDown,
+    #[error("job {id} already ended ({state:?}); only queued or running jobs can be cancelled")]
+    AlreadyEnded { id: String, state: JobState },
+    #[error("job storage failed: {0}")]
+    Store(String),
 }

@@ -1,4 +1,4 @@
-//! Job records and the events a job emits.
+//! Job records and the events a job emits; both are stored as JSON records.
 use serde::{Deserialize, Serialize};
 
 use crate::nn::metadata::EpochMetrics;
@@ -30,7 +30,19 @@ pub struct ModelRef {
     pub version: u32,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+/// The terminal event's content.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Finished {
+    pub state: JobState,
+    pub reason: String,
+    pub model: Option<ModelRef>,
+    pub best_epoch: Option<u32>,
+    pub weights_epoch: Option<u32>,
+    pub stopped_early: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum EventKind {
     State {
         state: JobState,
@@ -43,14 +55,10 @@ pub enum EventKind {
         eta_seconds: f64,
     },
     /// The terminal event.
-    Finished {
-        state: JobState,
-        reason: String,
-        model: Option<ModelRef>,
-    },
+    Finished(Finished),
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobEvent {
     /// 1, 2, 3, ... per job.
     pub seq: u64,
@@ -61,20 +69,21 @@ pub struct JobEvent {
 
 impl JobEvent {
     pub fn is_terminal(&self) -> bool {
-        matches!(self.kind, EventKind::Finished { .. })
+        matches!(self.kind, EventKind::Finished(_))
     }
 }
 
 /// What a client asked to train, after validation.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainingRequest {
     pub model_name: String,
     pub dataset_id: String,
+    pub validation_dataset_id: Option<String>,
     pub spec: ModelSpec,
     pub config: TrainConfig,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
     pub id: String,
     pub state: JobState,
@@ -86,4 +95,6 @@ pub struct JobRecord {
     pub model: Option<ModelRef>,
     pub error: Option<String>,
     pub history: Vec<EpochMetrics>,
+    /// Events so far (the next event gets `events + 1`).
+    pub events: u64,
 }

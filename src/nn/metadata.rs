@@ -14,8 +14,17 @@ pub struct EpochMetrics {
     pub epoch: u32,
     pub loss: f64,
     pub accuracy: f64,
+    #[serde(default)]
+    pub top5_accuracy: f64,
+    /// exp(loss).
+    #[serde(default)]
+    pub perplexity: f64,
     pub val_loss: Option<f64>,
     pub val_accuracy: Option<f64>,
+    #[serde(default)]
+    pub val_top5_accuracy: Option<f64>,
+    #[serde(default)]
+    pub val_perplexity: Option<f64>,
     pub learning_rate: f64,
     pub samples_per_second: f64,
     pub elapsed_seconds: f64,

@@ -28,9 +28,11 @@ pub struct Dropout {
 
 impl Dropout {
     pub fn new(seed: u64) -> Self {
-        Self {
-            rng: ChaCha8Rng::seed_from_u64(seed),
-        }
+        Self::from_rng(ChaCha8Rng::seed_from_u64(seed))
+    }
+
+    pub fn from_rng(rng: ChaCha8Rng) -> Self {
+        Self { rng }
     }
 
     /// Zeroes each element with probability `p` and scales the rest by

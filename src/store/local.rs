@@ -1,13 +1,14 @@
-//! The embedded default store: blobs and records as files under one data
-//! directory (`blobs/<key>`, `records/<table>/<id>.json`).
+//! The embedded default store, all in one data directory: blobs as files
+//! under `blobs/`, records in the embedded database `records.redb`.
 use std::path::{Path, PathBuf};
 
 use super::atomic::write_atomic;
-use super::{BlobStore, RecordStore, StoreError};
+use super::records::RedbRecords;
+use super::{BlobStore, RecordStore, RecordWrite, StoreError};
 
-#[derive(Clone, Debug)]
 pub struct LocalStore {
     root: PathBuf,
+    records: RedbRecords,
 }
 
 /// Keys and ids are made of validated names; refuse anything else so a key
@@ -32,10 +33,10 @@ impl LocalStore {
     /// Opens (creating if needed) the data directory and checks it is writable.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(root.join("blobs"))?;
-        std::fs::create_dir_all(root.join("records"))?;
         write_atomic(&root.join(".write-check"), b"ok")?;
         Ok(Self {
             root: root.to_path_buf(),
+            records: RedbRecords::open(&root.join("records.redb"))?,
         })
     }
 
@@ -46,16 +47,6 @@ impl LocalStore {
     fn blob_path(&self, key: &str) -> Result<PathBuf, StoreError> {
         check_key(key)?;
         Ok(self.root.join("blobs").join(key))
-    }
-
-    fn record_path(&self, table: &str, id: &str) -> Result<PathBuf, StoreError> {
-        check_key(table)?;
-        check_key(id)?;
-        Ok(self
-            .root
-            .join("records")
-            .join(table)
-            .join(format!("{id}.json")))
     }
 }
 
@@ -93,36 +84,19 @@ impl BlobStore for LocalStore {
 }
 
 impl RecordStore for LocalStore {
-    fn put_record(&self, table: &str, id: &str, json: &[u8]) -> Result<(), StoreError> {
-        Ok(write_atomic(&self.record_path(table, id)?, json)?)
+    fn write_records(&self, writes: &[RecordWrite], durable: bool) -> Result<(), StoreError> {
+        self.records.write_records(writes, durable)
     }
 
     fn get_record(&self, table: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        not_found_as_none(std::fs::read(self.record_path(table, id)?))
+        self.records.get_record(table, id)
     }
 
-    fn list_records(&self, table: &str) -> Result<Vec<Vec<u8>>, StoreError> {
-        check_key(table)?;
-        let dir = self.root.join("records").join(table);
-        let Some(entries) = not_found_as_none(std::fs::read_dir(&dir))? else {
-            return Ok(Vec::new());
-        };
-        let mut paths: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .filter(|p| {
-                !p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            })
-            .collect();
-        paths.sort();
-        paths
-            .into_iter()
-            .filter_map(|p| not_found_as_none(std::fs::read(p)).transpose())
-            .collect()
-    }
-
-    fn delete_record(&self, table: &str, id: &str) -> Result<bool, StoreError> {
-        Ok(not_found_as_none(std::fs::remove_file(self.record_path(table, id)?))?.is_some())
+    fn list_records(
+        &self,
+        table: &str,
+        prefix: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.records.list_records(table, prefix)
     }
 }

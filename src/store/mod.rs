@@ -4,6 +4,7 @@
 mod atomic;
 pub mod local;
 pub mod models;
+pub mod records;
 
 pub use local::LocalStore;
 pub use models::{ModelMetadata, ModelRegistry};
@@ -16,6 +17,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("refusing unsafe storage key {0:?}")]
     BadKey(String),
+    #[error("record database failed: {0}")]
+    Database(String),
 }
 
 /// Whole-object storage. `put_blob` is atomic: readers see the old bytes or
@@ -28,12 +31,44 @@ pub trait BlobStore: Send + Sync {
     fn delete_blobs(&self, prefix: &str) -> Result<(), StoreError>;
 }
 
-/// JSON records by table and id. `put_record` is atomic.
+/// One change to a record: `json` None deletes it.
+pub struct RecordWrite<'a> {
+    pub table: &'a str,
+    pub id: &'a str,
+    pub json: Option<&'a [u8]>,
+}
+
+/// JSON records by table and id, in id order. Writes are transactions: all
+/// of a batch or none; `durable` ones are on disk when the call returns,
+/// others at the next durable write.
 pub trait RecordStore: Send + Sync {
-    fn put_record(&self, table: &str, id: &str, json: &[u8]) -> Result<(), StoreError>;
+    fn write_records(&self, writes: &[RecordWrite], durable: bool) -> Result<(), StoreError>;
     fn get_record(&self, table: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
-    fn list_records(&self, table: &str) -> Result<Vec<Vec<u8>>, StoreError>;
-    fn delete_record(&self, table: &str, id: &str) -> Result<bool, StoreError>;
+    /// Records whose id starts with `prefix`, in id order.
+    fn list_records(&self, table: &str, prefix: &str)
+        -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+
+    fn put_record(&self, table: &str, id: &str, json: &[u8]) -> Result<(), StoreError> {
+        self.write_records(
+            &[RecordWrite {
+                table,
+                id,
+                json: Some(json),
+            }],
+            true,
+        )
+    }
+
+    fn delete_record(&self, table: &str, id: &str) -> Result<(), StoreError> {
+        self.write_records(
+            &[RecordWrite {
+                table,
+                id,
+                json: None,
+            }],
+            true,
+        )
+    }
 }
 
 /// Both halves of the store, as the rest of the program sees them.

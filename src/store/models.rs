@@ -48,9 +48,9 @@ impl ModelRegistry {
     /// Every registered version, oldest first per name.
     pub fn list(&self) -> Result<Vec<ModelMetadata>, StoreError> {
         self.store
-            .list_records(TABLE)?
+            .list_records(TABLE, "")?
             .iter()
-            .map(|b| from_json(b))
+            .map(|(_, b)| from_json(b))
             .collect()
     }
 

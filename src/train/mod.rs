@@ -1,10 +1,14 @@
-//! Training: config, optimizer, the loop and its progress events.
+//! Training: config, optimizer, checkpoints, the loop and its events.
 pub mod adam;
+pub mod checkpoint;
 pub mod config;
 pub mod trainer;
 
+pub use checkpoint::{Checkpoint, CheckpointError, RunState};
 pub use config::{TrainConfig, TrainConfigRequest, TrainLimits};
-pub use trainer::{train, BatchProgress, TrainEvent, TrainInput, Trained};
+pub use trainer::{
+    train, BatchProgress, StopReason, TrainEvent, TrainInput, TrainObserver, Trained,
+};
 
 use crate::nn::NnError;
 
@@ -20,6 +24,8 @@ pub enum TrainError {
     },
     #[error("{0}")]
     NoData(String),
+    #[error("writing the checkpoint failed: {0}")]
+    Checkpoint(String),
     #[error(transparent)]
     Nn(#[from] NnError),
     #[error("tensor computation failed: {0}")]

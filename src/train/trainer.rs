@@ -1,22 +1,24 @@
-//! The training loop: shuffled mini-batches of windows, Adam, softmax
-//! cross-entropy, accuracy, validation, progress events.
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+//! The training loop: shuffled mini-batches of windows, Adam/AdamW, softmax
+//! cross-entropy, metrics, validation, callbacks (early stopping,
+//! reduce-on-plateau, keep-best), gradient clipping, progress events and
+//! epoch checkpoints.
+use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::adam::Adam;
-use super::config::TrainConfig;
+use super::adam::{Adam, AdamSettings};
+use super::checkpoint::{Checkpoint, RunState};
+use super::config::{Metric, Monitor, TrainConfig};
 use super::TrainError;
 use crate::data::Windows;
 use crate::nn::metadata::EpochMetrics;
 use crate::nn::{initial_parameters, Dropout, ModelSpec, Network};
 
 /// Running figures inside an epoch.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BatchProgress {
     pub epoch: u32,
     pub epochs: u32,
@@ -24,6 +26,7 @@ pub struct BatchProgress {
     pub batches: u32,
     pub loss: f64,
     pub accuracy: f64,
+    pub learning_rate: f64,
     pub samples_per_second: f64,
     pub elapsed_seconds: f64,
     pub eta_seconds: f64,
@@ -39,27 +42,82 @@ pub enum TrainEvent {
     },
 }
 
+/// Why a run ended normally.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StopReason {
+    Completed {
+        epochs: u32,
+    },
+    EarlyStopped {
+        epoch: u32,
+        best_epoch: Option<u32>,
+        metric: Metric,
+        patience: u32,
+    },
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::Completed { epochs } => write!(f, "completed {epochs} epochs"),
+            StopReason::EarlyStopped {
+                epoch,
+                best_epoch,
+                metric,
+                patience,
+            } => {
+                write!(
+                    f,
+                    "early stopping at epoch {epoch}: {} did not improve for {patience} epochs",
+                    metric.name()
+                )?;
+                if let Some(b) = best_epoch {
+                    write!(f, "; best epoch {b}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 pub struct Trained {
-    /// Final weights, named as in a PyTorch state_dict.
+    /// Final weights (the best epoch's when asked), named as in a PyTorch
+    /// state_dict.
     pub parameters: Vec<(String, Tensor)>,
     pub history: Vec<EpochMetrics>,
-    pub stop_reason: String,
+    pub stop: StopReason,
+    /// Best epoch by the config's best monitor.
+    pub best_epoch: Option<u32>,
+    /// The epoch whose weights `parameters` are.
+    pub weights_epoch: u32,
+}
+
+/// What the caller gives the loop and gets from it while it runs.
+pub trait TrainObserver {
+    fn event(&mut self, event: TrainEvent);
+    /// Persists a checkpoint (atomically); an error fails the run.
+    fn checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), String>;
+    /// Checked before every batch.
+    fn cancelled(&self) -> bool;
 }
 
 pub struct TrainInput<'a> {
     pub spec: &'a ModelSpec,
     pub config: &'a TrainConfig,
     pub tokens: &'a [u32],
+    /// A separate validation token stream; else `config.validation_split`.
+    pub validation_tokens: Option<&'a [u32]>,
     pub device: &'a Device,
-    /// How often a running epoch reports progress.
-    pub progress_interval: Duration,
+    /// Continue from this checkpoint instead of fresh weights.
+    pub resume: Option<Checkpoint>,
 }
 
-/// Sum of loss and correct predictions over some windows.
+/// Sums of loss, top-1 and top-5 hits over some windows.
 #[derive(Default)]
 struct Tally {
     loss_sum: f64,
     correct: f64,
+    top5: f64,
     samples: usize,
 }
 
@@ -72,8 +130,19 @@ impl Tally {
             .to_dtype(DType::F32)?
             .sum_all()?
             .to_scalar::<f32>()?;
+        // A target is in the top 5 when fewer than 5 logits beat it.
+        let target_logit = logits.gather(&targets.unsqueeze(1)?, 1)?;
+        let top5 = logits
+            .broadcast_gt(&target_logit)?
+            .to_dtype(DType::F32)?
+            .sum(1)?
+            .lt(5f64)?
+            .to_dtype(DType::F32)?
+            .sum_all()?
+            .to_scalar::<f32>()?;
         self.loss_sum += loss * n as f64;
         self.correct += correct as f64;
+        self.top5 += top5 as f64;
         self.samples += n;
         Ok(())
     }
@@ -84,6 +153,10 @@ impl Tally {
 
     fn accuracy(&self) -> f64 {
         self.correct / self.samples.max(1) as f64
+    }
+
+    fn top5_accuracy(&self) -> f64 {
+        self.top5 / self.samples.max(1) as f64
     }
 }
 
@@ -102,16 +175,29 @@ fn batch_tensors(
     ))
 }
 
+/// A random stream for one purpose and epoch, derived from the seed, so
+/// that resuming at an epoch needs no saved RNG state.
+fn stream(seed: u64, purpose: u64, epoch: u32) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream((purpose << 32) | epoch as u64);
+    rng
+}
+
+const SPLIT: u64 = 1;
+const SHUFFLE: u64 = 2;
+const DROPOUT: u64 = 3;
+
 /// Splits window indices into (train, validation), deterministic from the
 /// seed; no window is in both.
 fn split_windows(count: usize, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
     let mut all: Vec<usize> = (0..count).collect();
-    if fraction <= 0.0 {
+    if fraction <= 0.0 || count < 2 {
         return (all, Vec::new());
     }
-    all.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0001));
-    let val = ((count as f64 * fraction).round() as usize).clamp(1, count.saturating_sub(1));
-    let train = all.split_off(val);
+    all.shuffle(&mut stream(seed, SPLIT, 0));
+    let val = ((count as f64 * fraction).round() as usize).clamp(1, count - 1);
+    let mut train = all.split_off(val);
+    train.sort_unstable();
     (train, all)
 }
 
@@ -132,22 +218,74 @@ fn evaluate(
     Ok(tally)
 }
 
-/// Trains a fresh model. `cancel` is checked between batches.
-pub fn train(
-    input: TrainInput,
-    cancel: &AtomicBool,
-    on_event: &mut dyn FnMut(TrainEvent),
-) -> Result<Trained, TrainError> {
+fn metric_value(m: &EpochMetrics, metric: Metric) -> f64 {
+    let v = match metric {
+        Metric::Loss => Some(m.loss),
+        Metric::Accuracy => Some(m.accuracy),
+        Metric::Top5Accuracy => Some(m.top5_accuracy),
+        Metric::ValLoss => m.val_loss,
+        Metric::ValAccuracy => m.val_accuracy,
+        Metric::ValTop5Accuracy => m.val_top5_accuracy,
+    };
+    v.unwrap_or(f64::NAN)
+}
+
+fn snapshot(vars: &[(String, Var)]) -> candle_core::Result<Vec<(String, Tensor)>> {
+    vars.iter()
+        .map(|(n, v)| Ok((n.clone(), v.as_detached_tensor().copy()?)))
+        .collect()
+}
+
+/// Global L2 norm of the gradients of `vars`.
+fn gradient_norm(
+    grads: &candle_core::backprop::GradStore,
+    vars: &[(String, Var)],
+) -> candle_core::Result<f64> {
+    let mut sum = 0f64;
+    for (_, v) in vars {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            sum += g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
+        }
+    }
+    Ok(sum.sqrt())
+}
+
+fn all_finite(vars: &[(String, Var)]) -> candle_core::Result<Option<String>> {
+    for (name, v) in vars {
+        let s = v
+            .as_tensor()
+            .abs()?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        if !s.is_finite() {
+            return Ok(Some(name.clone()));
+        }
+    }
+    Ok(None)
+}
+
+/// Trains a model (fresh, or from `input.resume`).
+pub fn train(input: TrainInput, observer: &mut dyn TrainObserver) -> Result<Trained, TrainError> {
     let TrainInput {
         spec,
         config,
         tokens,
+        validation_tokens,
         device,
-        progress_interval,
+        resume,
     } = input;
     let windows = Windows::new(tokens, spec.window);
-    let (mut train_idx, val_idx) =
-        split_windows(windows.len(), config.validation_split, config.seed);
+    let val_windows = validation_tokens.map(|t| Windows::new(t, spec.window));
+    let (train_idx, val_idx) = match &val_windows {
+        Some(v) => ((0..windows.len()).collect(), (0..v.len()).collect()),
+        None => split_windows(windows.len(), config.validation_split, config.seed),
+    };
+    let val_windows = val_windows.as_ref().unwrap_or(&windows);
     if train_idx.is_empty() {
         return Err(TrainError::NoData(format!(
             "the dataset has {} tokens, too few for one window of {} plus its target",
@@ -155,8 +293,11 @@ pub fn train(
             spec.window
         )));
     }
-    let named = initial_parameters(spec, config.seed, device)?;
-    let vars: Vec<(String, Var)> = named
+    let initial = match &resume {
+        Some(cp) => cp.parameters.clone(),
+        None => initial_parameters(spec, config.seed, device)?,
+    };
+    let vars: Vec<(String, Var)> = initial
         .into_iter()
         .map(|(n, t)| Ok((n, Var::from_tensor(&t)?)))
         .collect::<candle_core::Result<_>>()?;
@@ -169,93 +310,236 @@ pub fn train(
     )?;
     let mut adam = Adam::new(
         vars.iter().map(|(_, v)| v.clone()).collect(),
-        config.learning_rate,
-        config.beta1,
-        config.beta2,
-        config.epsilon,
+        AdamSettings {
+            optimizer: config.optimizer,
+            learning_rate: config.learning_rate,
+            beta1: config.beta1,
+            beta2: config.beta2,
+            epsilon: config.epsilon,
+            weight_decay: config.weight_decay,
+        },
     )?;
-    let mut shuffle_rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x5eed_0002);
-    let mut dropout = Dropout::new(config.seed ^ 0x5eed_0003);
+    let keep_best_weights = config.keep_best
+        || config
+            .early_stopping
+            .as_ref()
+            .is_some_and(|e| e.restore_best_weights);
+    let (mut state, mut best_parameters) = match resume {
+        Some(cp) => {
+            adam.restore(cp.adam)?;
+            adam.settings.learning_rate = cp.state.learning_rate;
+            (cp.state, cp.best_parameters)
+        }
+        None => (
+            RunState {
+                learning_rate: config.learning_rate,
+                ..Default::default()
+            },
+            None,
+        ),
+    };
     let batches = train_idx.len().div_ceil(config.batch_size) as u32;
     let started = Instant::now();
-    let mut history = Vec::new();
+    let first_epoch = state.epoch + 1;
     let (mut ids, mut targets) = (Vec::new(), Vec::new());
-    for epoch in 1..=config.epochs {
+    let mut stop = None;
+    if state.stopped_early {
+        stop = early_stop_reason(config, &state);
+    }
+    for epoch in first_epoch..=config.epochs {
+        if stop.is_some() {
+            break;
+        }
         let epoch_start = Instant::now();
         let mut last_report = Instant::now();
+        let mut order = train_idx.clone();
         if config.shuffle {
-            train_idx.shuffle(&mut shuffle_rng);
+            order.shuffle(&mut stream(config.seed, SHUFFLE, epoch));
         }
+        let mut dropout = Dropout::from_rng(stream(config.seed, DROPOUT, epoch));
         let mut tally = Tally::default();
-        for (b, chunk) in train_idx.chunks(config.batch_size).enumerate() {
-            if cancel.load(Ordering::Relaxed) {
+        for (b, chunk) in order.chunks(config.batch_size).enumerate() {
+            let batch = b as u32 + 1;
+            if observer.cancelled() {
                 return Err(TrainError::Cancelled);
             }
+            let non_finite = |what: String| TrainError::NonFinite { epoch, batch, what };
             let (x, y) = batch_tensors(&windows, chunk, device, &mut ids, &mut targets)?;
             let logits = network.forward(&x, Some(&mut dropout))?;
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
             let loss_value = loss.to_scalar::<f32>()? as f64;
             if !loss_value.is_finite() {
-                return Err(TrainError::NonFinite {
-                    epoch,
-                    batch: b as u32 + 1,
-                    what: format!("loss is {loss_value}"),
-                });
+                return Err(non_finite(format!("loss is {loss_value}")));
             }
             let grads = loss.backward()?;
-            adam.step(&grads)?;
+            let norm = gradient_norm(&grads, &vars)?;
+            if !norm.is_finite() {
+                return Err(non_finite(format!("gradient norm is {norm}")));
+            }
+            let scale = if config.clip_grad_norm > 0.0 && norm > config.clip_grad_norm {
+                config.clip_grad_norm / norm
+            } else {
+                1.0
+            };
+            adam.step(&grads, scale)?;
             tally.add(&logits, &y, loss_value)?;
-            if last_report.elapsed() >= progress_interval && (b as u32 + 1) < batches {
+            let by_count =
+                config.progress_every_batches > 0 && batch % config.progress_every_batches == 0;
+            let by_time = config.progress_every_seconds > 0.0
+                && last_report.elapsed().as_secs_f64() >= config.progress_every_seconds;
+            if (by_count || by_time) && batch < batches {
                 last_report = Instant::now();
-                let done = (epoch - 1) as f64 + (b + 1) as f64 / batches as f64;
+                let done = (epoch - first_epoch) as f64 + batch as f64 / batches as f64;
                 let elapsed = started.elapsed().as_secs_f64();
-                on_event(TrainEvent::Batch(BatchProgress {
+                observer.event(TrainEvent::Batch(BatchProgress {
                     epoch,
                     epochs: config.epochs,
-                    batch: b as u32 + 1,
+                    batch,
                     batches,
                     loss: tally.loss(),
                     accuracy: tally.accuracy(),
+                    learning_rate: adam.settings.learning_rate,
                     samples_per_second: tally.samples as f64 / epoch_start.elapsed().as_secs_f64(),
                     elapsed_seconds: elapsed,
-                    eta_seconds: elapsed / done * (config.epochs as f64 - done),
+                    eta_seconds: elapsed / done * ((config.epochs - first_epoch + 1) as f64 - done),
                 }));
             }
         }
+        if let Some(name) = all_finite(&vars)? {
+            return Err(TrainError::NonFinite {
+                epoch,
+                batch: batches,
+                what: format!("weights of {name} became NaN or infinite"),
+            });
+        }
         let epoch_seconds = epoch_start.elapsed().as_secs_f64();
-        let (val_loss, val_accuracy) = if val_idx.is_empty() {
-            (None, None)
+        let val = if val_idx.is_empty() {
+            None
         } else {
-            let v = evaluate(&network, &windows, &val_idx, device)?;
-            (Some(v.loss()), Some(v.accuracy()))
+            Some(evaluate(&network, val_windows, &val_idx, device)?)
         };
-        let elapsed = started.elapsed().as_secs_f64();
         let metrics = EpochMetrics {
             epoch,
             loss: tally.loss(),
             accuracy: tally.accuracy(),
-            val_loss,
-            val_accuracy,
-            learning_rate: adam.learning_rate,
+            top5_accuracy: tally.top5_accuracy(),
+            perplexity: tally.loss().exp(),
+            val_loss: val.as_ref().map(Tally::loss),
+            val_accuracy: val.as_ref().map(Tally::accuracy),
+            val_top5_accuracy: val.as_ref().map(Tally::top5_accuracy),
+            val_perplexity: val.as_ref().map(|v| v.loss().exp()),
+            learning_rate: adam.settings.learning_rate,
             samples_per_second: tally.samples as f64 / epoch_seconds,
-            elapsed_seconds: elapsed,
+            elapsed_seconds: state.history.last().map_or(0.0, |m| m.elapsed_seconds)
+                + epoch_seconds,
         };
-        history.push(metrics.clone());
-        on_event(TrainEvent::Epoch {
+        if let Some(v) = metrics.val_loss.filter(|v| !v.is_finite()) {
+            return Err(TrainError::NonFinite {
+                epoch,
+                batch: batches,
+                what: format!("validation loss is {v}"),
+            });
+        }
+        state.epoch = epoch;
+        state.history.push(metrics.clone());
+        // Best weights by the config's monitor.
+        let best_value = metric_value(&metrics, config.best_monitor.metric);
+        if config.best_monitor.improves(best_value, state.best_value) {
+            state.best_value = Some(best_value);
+            state.best_epoch = Some(epoch);
+            if keep_best_weights {
+                best_parameters = Some(snapshot(&vars)?);
+            }
+        }
+        if let Some(es) = &config.early_stopping {
+            let v = metric_value(&metrics, es.monitor.metric);
+            if es.monitor.improves(v, state.early_stopping_best) {
+                state.early_stopping_best = Some(v);
+                state.early_stopping_wait = 0;
+            } else {
+                state.early_stopping_wait += 1;
+                if state.early_stopping_wait >= es.patience {
+                    state.stopped_early = true;
+                }
+            }
+        }
+        if let Some(rp) = &config.reduce_lr_on_plateau {
+            let v = metric_value(&metrics, rp.monitor.metric);
+            if rp.monitor.improves(v, state.plateau_best) {
+                state.plateau_best = Some(v);
+                state.plateau_wait = 0;
+            } else {
+                state.plateau_wait += 1;
+                if state.plateau_wait >= rp.patience && adam.settings.learning_rate > rp.min_lr {
+                    adam.settings.learning_rate =
+                        (adam.settings.learning_rate * rp.factor).max(rp.min_lr);
+                    state.plateau_wait = 0;
+                }
+            }
+        }
+        state.learning_rate = adam.settings.learning_rate;
+        state.adam_step = adam.state().step;
+        observer
+            .checkpoint(&Checkpoint {
+                state: state.clone(),
+                parameters: snapshot(&vars)?,
+                adam: adam.state().clone(),
+                best_parameters: best_parameters.clone(),
+            })
+            .map_err(TrainError::Checkpoint)?;
+        let run_epochs = (epoch - first_epoch + 1) as f64;
+        observer.event(TrainEvent::Epoch {
             metrics,
             epochs: config.epochs,
-            eta_seconds: elapsed / epoch as f64 * (config.epochs - epoch) as f64,
+            eta_seconds: started.elapsed().as_secs_f64() / run_epochs
+                * (config.epochs - epoch) as f64,
         });
+        if state.stopped_early {
+            stop = early_stop_reason(config, &state);
+        }
     }
-    let parameters = vars
-        .into_iter()
-        .map(|(n, v)| Ok((n, v.as_detached_tensor().copy()?)))
-        .collect::<candle_core::Result<_>>()?;
+    let stop = stop.unwrap_or(StopReason::Completed {
+        epochs: config.epochs,
+    });
+    let restore = matches!(stop, StopReason::EarlyStopped { .. })
+        && config
+            .early_stopping
+            .as_ref()
+            .is_some_and(|e| e.restore_best_weights)
+        || config.keep_best;
+    let (parameters, weights_epoch) = match (restore, best_parameters, state.best_epoch) {
+        (true, Some(best), Some(epoch)) => (best, epoch),
+        _ => (snapshot(&vars)?, state.epoch),
+    };
     Ok(Trained {
         parameters,
-        history,
-        stop_reason: format!("completed {} epochs", config.epochs),
+        history: state.history,
+        stop,
+        best_epoch: state.best_epoch,
+        weights_epoch,
     })
+}
+
+fn early_stop_reason(config: &TrainConfig, state: &RunState) -> Option<StopReason> {
+    let es = config.early_stopping.as_ref()?;
+    Some(StopReason::EarlyStopped {
+        epoch: state.epoch,
+        best_epoch: best_epoch_by(&es.monitor, &state.history),
+        metric: es.monitor.metric,
+        patience: es.patience,
+    })
+}
+
+/// The epoch with the best value of the monitor (first on ties).
+fn best_epoch_by(monitor: &Monitor, history: &[EpochMetrics]) -> Option<u32> {
+    let mut best: Option<(u32, f64)> = None;
+    for m in history {
+        let v = metric_value(m, monitor.metric);
+        if monitor.improves(v, best.map(|b| b.1)) {
+            best = Some((m.epoch, v));
+        }
+    }
+    best.map(|b| b.0)
 }
 
 #[cfg(test)]

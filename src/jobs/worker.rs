@@ -1,0 +1,235 @@
+//! What a worker thread does with one job: load its data (and checkpoint),
+//! train, checkpoint every epoch, register the model, report the outcome.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use candle_core::Device;
+use tokio::sync::mpsc;
+
+use super::manager::Command;
+use super::record::{EventKind, Finished, JobState, ModelRef, TrainingRequest};
+use crate::data::Datasets;
+use crate::nn::metadata::{ModelInfo, FORMAT};
+use crate::nn::naming::parameter_shapes;
+use crate::store::{now_millis, ModelRegistry, Store};
+use crate::train::{
+    self, to_safetensors, Checkpoint, StopReason, TrainError, TrainEvent, TrainInput, TrainObserver,
+};
+
+pub(super) struct WorkItem {
+    pub id: String,
+    pub request: TrainingRequest,
+    pub cancel: Arc<AtomicBool>,
+    pub resume: bool,
+}
+
+pub(super) enum WorkOutcome {
+    Finished(Finished),
+    /// Stopped by a shutdown; the job resumes from its checkpoint later.
+    Interrupted {
+        message: String,
+    },
+}
+
+pub(super) struct WorkerContext {
+    pub store: Arc<dyn Store>,
+    pub datasets: Arc<Datasets>,
+    pub registry: Arc<ModelRegistry>,
+    pub device: Device,
+    pub commands: mpsc::UnboundedSender<Command>,
+    pub shutdown: Arc<AtomicBool>,
+}
+
+pub fn checkpoint_key(job_id: &str) -> String {
+    format!("checkpoints/{job_id}/checkpoint.safetensors")
+}
+
+fn device_name(device: &Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(_) => "cuda".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+struct Observer<'a> {
+    context: &'a WorkerContext,
+    item: &'a WorkItem,
+    last_checkpoint: Option<u32>,
+}
+
+impl Observer<'_> {
+    fn send(&self, kind: EventKind) {
+        let _ = self.context.commands.send(Command::Event {
+            id: self.item.id.clone(),
+            kind,
+        });
+    }
+}
+
+impl TrainObserver for Observer<'_> {
+    fn event(&mut self, event: TrainEvent) {
+        self.send(match event {
+            TrainEvent::Batch(b) => EventKind::Batch(b),
+            TrainEvent::Epoch {
+                metrics,
+                epochs,
+                eta_seconds,
+            } => EventKind::Epoch {
+                metrics,
+                epochs,
+                eta_seconds,
+            },
+        });
+    }
+
+    fn checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), String> {
+        let bytes = checkpoint.to_bytes().map_err(|e| e.to_string())?;
+        self.context
+            .store
+            .put_blob(&checkpoint_key(&self.item.id), &bytes)
+            .map_err(|e| e.to_string())?;
+        self.last_checkpoint = Some(checkpoint.state.epoch);
+        Ok(())
+    }
+
+    fn cancelled(&self) -> bool {
+        self.item.cancel.load(Ordering::Relaxed) || self.context.shutdown.load(Ordering::Relaxed)
+    }
+}
+
+pub(super) fn run_job(context: &WorkerContext, item: WorkItem) {
+    let mut observer = Observer {
+        context,
+        item: &item,
+        last_checkpoint: None,
+    };
+    let outcome = match train_and_register(&mut observer) {
+        Ok((model, trained_stop, best_epoch, weights_epoch)) => {
+            // The model is registered: the checkpoint has served its purpose.
+            let _ = context.store.delete_blobs(&format!("checkpoints/{}", item.id));
+            WorkOutcome::Finished(Finished {
+                state: JobState::Succeeded,
+                stopped_early: matches!(trained_stop, StopReason::EarlyStopped { .. }),
+                reason: trained_stop.to_string(),
+                model: Some(model),
+                best_epoch,
+                weights_epoch: Some(weights_epoch),
+            })
+        }
+        Err(TrainError::Cancelled) if context.shutdown.load(Ordering::Relaxed) && !item.cancel.load(Ordering::Relaxed) => {
+            WorkOutcome::Interrupted {
+                message: match observer.last_checkpoint {
+                    Some(e) => format!("interrupted by a server shutdown; resumes from the epoch {e} checkpoint on restart"),
+                    None => "interrupted by a server shutdown; restarts on the next start".into(),
+                },
+            }
+        }
+        Err(e) => {
+            let kept = match observer.last_checkpoint {
+                Some(epoch) => format!("; the epoch {epoch} checkpoint is kept"),
+                None => String::new(),
+            };
+            let (state, reason) = match e {
+                TrainError::Cancelled => (JobState::Cancelled, format!("cancelled while running{kept}")),
+                e => (JobState::Failed, format!("{e}{kept}")),
+            };
+            WorkOutcome::Finished(Finished {
+                state,
+                reason,
+                model: None,
+                best_epoch: None,
+                weights_epoch: None,
+                stopped_early: false,
+            })
+        }
+    };
+    let _ = context.commands.send(Command::WorkDone {
+        id: item.id.clone(),
+        outcome,
+    });
+}
+
+type Registered = (ModelRef, StopReason, Option<u32>, u32);
+
+fn train_and_register(observer: &mut Observer) -> Result<Registered, TrainError> {
+    let (context, item) = (observer.context, observer.item);
+    let request = &item.request;
+    let no_data = |e: crate::data::DataError| TrainError::NoData(e.to_string());
+    let tokens = context
+        .datasets
+        .tokens(&request.dataset_id)
+        .map_err(no_data)?;
+    let vocabulary = context
+        .datasets
+        .get(&request.dataset_id)
+        .map_err(no_data)?
+        .vocabulary;
+    let validation = match &request.validation_dataset_id {
+        Some(id) => Some(context.datasets.tokens(id).map_err(no_data)?),
+        None => None,
+    };
+    let resume = if item.resume {
+        match context.store.get_blob(&checkpoint_key(&item.id)) {
+            Ok(Some(bytes)) => {
+                let names: Vec<String> = parameter_shapes(&request.spec)
+                    .into_iter()
+                    .map(|(n, _)| n)
+                    .collect();
+                Some(
+                    Checkpoint::from_bytes(&bytes, &names, &context.device)
+                        .map_err(|e| TrainError::Checkpoint(e.to_string()))?,
+                )
+            }
+            Ok(None) => None,
+            Err(e) => return Err(TrainError::Checkpoint(e.to_string())),
+        }
+    } else {
+        None
+    };
+    let device = device_name(&context.device);
+    observer.send(EventKind::State {
+        state: JobState::Running,
+        message: match (&resume, item.resume) {
+            (Some(cp), _) => format!("resumed on {device} from the epoch {} checkpoint after a restart", cp.state.epoch),
+            (None, true) => format!("restarted on {device} from the beginning after a restart (no checkpoint was written)"),
+            (None, false) => format!("training on {device}"),
+        },
+    });
+    observer.last_checkpoint = resume.as_ref().map(|cp| cp.state.epoch);
+    let trained = train::train(
+        TrainInput {
+            spec: &request.spec,
+            config: &request.config,
+            tokens: &tokens,
+            validation_tokens: validation.as_deref(),
+            device: &context.device,
+            resume,
+        },
+        observer,
+    )?;
+    let info = ModelInfo {
+        format: FORMAT.to_string(),
+        created_at_ms: now_millis(),
+        spec: request.spec.clone(),
+        vocabulary,
+        training: serde_json::to_value(&request.config).expect("config serializes"),
+        history: trained.history,
+        dataset_id: request.dataset_id.clone(),
+        job_id: item.id.clone(),
+    };
+    let weights = to_safetensors(&trained.parameters)?;
+    let meta = context
+        .registry
+        .register(&request.model_name, info.to_map(), &weights)
+        .map_err(|e| TrainError::Checkpoint(format!("saving the model failed: {e}")))?;
+    Ok((
+        ModelRef {
+            name: meta.name,
+            version: meta.version,
+        },
+        trained.stop,
+        trained.best_epoch,
+        trained.weights_epoch,
+    ))
+}
