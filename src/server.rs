@@ -3,7 +3,7 @@
 //! and the four lstmd services.
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -28,6 +28,8 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    // Gone once every part of the server has let go of the data dir.
+    store: Weak<dyn Store>,
 }
 
 impl RunningServer {
@@ -36,13 +38,26 @@ impl RunningServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        self.task.await?
+        self.finish().await
     }
 
     /// Waits until the server stops by itself.
     pub async fn wait(mut self) -> anyhow::Result<()> {
         let _keep = self.shutdown.take();
-        self.task.await?
+        self.finish().await
+    }
+
+    /// Waits for the server task, then (briefly) for the worker and manager
+    /// threads to close the data dir, so it can be opened again at once.
+    async fn finish(self) -> anyhow::Result<()> {
+        let result = self.task.await?;
+        for _ in 0..500 {
+            if self.store.strong_count() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        result
     }
 }
 
@@ -67,6 +82,7 @@ pub async fn start(
         LocalStore::open(&args.data_dir)
             .with_context(|| format!("cannot open data dir {}", args.data_dir.display()))?,
     );
+    let store_handle = Arc::downgrade(&store);
     let registry = Arc::new(ModelRegistry::new(Arc::clone(&store)));
     let datasets = Arc::new(Datasets::new(
         Arc::clone(&store),
@@ -179,5 +195,6 @@ pub async fn start(
         addr,
         shutdown: Some(stop_tx),
         task,
+        store: store_handle,
     })
 }

@@ -96,7 +96,8 @@ impl Adam {
             let v =
                 (self.state.v[i].affine(s.beta2, 0.0)? + g.sqr()?.affine(1.0 - s.beta2, 0.0)?)?;
             let denom = v.affine(1.0 / bc2, 0.0)?.sqrt()?.affine(1.0, s.epsilon)?;
-            let update = (m.affine(s.learning_rate / bc1, 0.0)? / denom)?;
+            // lr last: lr / bc1 alone can overflow f32 for huge rates.
+            let update = (m.affine(1.0 / bc1, 0.0)? / denom)?.affine(s.learning_rate, 0.0)?;
             p.set(&(current - update)?)?;
             self.state.m[i] = m;
             self.state.v[i] = v;

@@ -274,10 +274,10 @@ impl TrainConfigRequest {
         has_validation_dataset: bool,
     ) -> Result<TrainConfig, InvalidField> {
         let lr = self.learning_rate.unwrap_or(0.001);
-        if !(lr > 0.0 && lr <= 1e6) {
+        if !(lr > 0.0 && lr.is_finite()) {
             return Err(InvalidField::new(
                 "config.learning_rate",
-                format!("must be in (0, 1e6], got {lr}"),
+                format!("must be > 0 and finite, got {lr}"),
             ));
         }
         let epsilon = self.epsilon.unwrap_or(1e-7);

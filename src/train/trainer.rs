@@ -244,21 +244,32 @@ fn gradient_norm(
     let mut sum = 0f64;
     for (_, v) in vars {
         if let Some(g) = grads.get(v.as_tensor()) {
-            sum += g
+            let mut s = g
                 .sqr()?
                 .sum_all()?
                 .to_dtype(DType::F64)?
                 .to_scalar::<f64>()?;
+            if s.is_infinite() {
+                // Squares of huge but finite gradients overflow f32.
+                s = g
+                    .to_dtype(DType::F64)?
+                    .sqr()?
+                    .sum_all()?
+                    .to_scalar::<f64>()?;
+            }
+            sum += s;
         }
     }
     Ok(sum.sqrt())
 }
 
-fn all_finite(vars: &[(String, Var)]) -> candle_core::Result<Option<String>> {
+/// The first parameter holding a NaN or an infinity, if any.
+fn non_finite_parameter(vars: &[(String, Var)]) -> candle_core::Result<Option<String>> {
     for (name, v) in vars {
-        let s = v
-            .as_tensor()
-            .abs()?
+        // x - x is 0 for every finite x and NaN otherwise; a sum of |x|
+        // could overflow for large finite weights.
+        let t = v.as_tensor();
+        let s = (t - t)?
             .sum_all()?
             .to_dtype(DType::F64)?
             .to_scalar::<f64>()?;
@@ -405,7 +416,7 @@ pub fn train(input: TrainInput, observer: &mut dyn TrainObserver) -> Result<Trai
                 }));
             }
         }
-        if let Some(name) = all_finite(&vars)? {
+        if let Some(name) = non_finite_parameter(&vars)? {
             return Err(TrainError::NonFinite {
                 epoch,
                 batch: batches,

@@ -102,3 +102,43 @@ pub fn epochs(events: &[pb::JobEvent]) -> Vec<pb::EpochMetrics> {
         })
         .collect()
 }
+
+/// Tokens with no signal: a fixed pseudo-random sequence.
+pub fn noise(vocab: u32, len: usize, seed: u64) -> Vec<u32> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 33) % vocab as u64) as u32
+        })
+        .collect()
+}
+
+/// The bytes of a registered model's weights file.
+pub fn weights_file(data_dir: &Path, name: &str, version: u32) -> Vec<u8> {
+    std::fs::read(data_dir.join(format!("blobs/models/{name}/{version}/model.safetensors")))
+        .expect("weights file exists")
+}
+
+pub async fn train(c: &mut Clients, request: pb::CreateTrainingJobRequest) -> Vec<pb::JobEvent> {
+    collect(
+        c.jobs
+            .train(request)
+            .await
+            .expect("Train starts")
+            .into_inner(),
+    )
+    .await
+}
+
+pub fn spec(preset: &str, window: u32) -> Option<pb::ModelSpec> {
+    Some(pb::ModelSpec {
+        preset: preset.into(),
+        window: Some(window),
+        ..Default::default()
+    })
+}
