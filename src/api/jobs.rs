@@ -169,9 +169,11 @@ impl JobService for JobApi {
 
     async fn cancel_job(
         &self,
-        _request: Request<pb::CancelJobRequest>,
+        request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        Err(Status::unimplemented("CancelJob is not implemented yet"))
+        let job = self.jobs.cancel(&request.into_inner().id).await?;
+        tracing::info!(job = %job.id, "cancel requested");
+        Ok(Response::new(job_to_proto(&job)))
     }
 
     type WatchJobStream = EventStream;

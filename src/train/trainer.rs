@@ -266,10 +266,11 @@ fn gradient_norm(
 /// The first parameter holding a NaN or an infinity, if any.
 fn non_finite_parameter(vars: &[(String, Var)]) -> candle_core::Result<Option<String>> {
     for (name, v) in vars {
-        // x - x is 0 for every finite x and NaN otherwise; a sum of |x|
+        // 0 * x is 0 for every finite x and NaN otherwise; a sum of |x|
         // could overflow for large finite weights.
         let t = v.as_tensor();
-        let s = (t - t)?
+        let s = t
+            .affine(0.0, 0.0)?
             .sum_all()?
             .to_dtype(DType::F64)?
             .to_scalar::<f64>()?;
@@ -394,8 +395,8 @@ pub fn train(input: TrainInput, observer: &mut dyn TrainObserver) -> Result<Trai
             };
             adam.step(&grads, scale)?;
             tally.add(&logits, &y, loss_value)?;
-            let by_count =
-                config.progress_every_batches > 0 && batch % config.progress_every_batches == 0;
+            let by_count = config.progress_every_batches > 0
+                && batch.is_multiple_of(config.progress_every_batches);
             let by_time = config.progress_every_seconds > 0.0
                 && last_report.elapsed().as_secs_f64() >= config.progress_every_seconds;
             if (by_count || by_time) && batch < batches {

@@ -97,7 +97,7 @@ pub fn epochs(events: &[pb::JobEvent]) -> Vec<pb::EpochMetrics> {
     events
         .iter()
         .filter_map(|e| match &e.kind {
-            Some(pb::job_event::Kind::Epoch(ep)) => ep.metrics.clone(),
+            Some(pb::job_event::Kind::Epoch(ep)) => ep.metrics,
             _ => None,
         })
         .collect()
@@ -141,4 +141,122 @@ pub fn spec(preset: &str, window: u32) -> Option<pb::ModelSpec> {
         window: Some(window),
         ..Default::default()
     })
+}
+
+/// The real `lstmd` binary, serving on a free loopback port.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+}
+
+impl Binary {
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Binary {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("log"))
+            .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_lstmd"))
+            .args([
+                "serve",
+                "--listen",
+                &addr.to_string(),
+                "--workers",
+                "1",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .args(extra)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("the lstmd binary starts");
+        Binary { child, addr }
+    }
+
+    /// Connects once health says SERVING (the binary is a fresh process).
+    pub async fn connect(&self) -> Clients {
+        use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+        for _ in 0..300 {
+            if let Ok(channel) = Channel::from_shared(format!("http://{}", self.addr))
+                .unwrap()
+                .connect()
+                .await
+            {
+                let status = HealthClient::new(channel.clone())
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .map(|r| r.into_inner().status);
+                if status.is_ok_and(|s| s == 1) {
+                    return Clients {
+                        datasets: DatasetServiceClient::new(channel.clone()),
+                        jobs: JobServiceClient::new(channel.clone()),
+                        models: ModelServiceClient::new(channel.clone()),
+                        predict: PredictionServiceClient::new(channel.clone()),
+                        channel,
+                    };
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("the binary never became SERVING on {}", self.addr);
+    }
+
+    /// Waits for the process to exit, up to `limit`; None if it did not.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits on a job stream until an epoch event numbered `epoch` arrives.
+pub async fn wait_for_epoch(
+    stream: &mut tonic::Streaming<pb::JobEvent>,
+    epoch: u32,
+) -> Vec<pb::JobEvent> {
+    let mut seen = Vec::new();
+    while let Some(event) = stream.message().await.expect("stream stays healthy") {
+        let done = matches!(&event.kind, Some(pb::job_event::Kind::Epoch(e)) if e.metrics.as_ref().is_some_and(|m| m.epoch >= epoch));
+        seen.push(event);
+        if done {
+            return seen;
+        }
+    }
+    panic!("the stream ended before epoch {epoch}: {seen:?}");
+}
+
+pub fn long_job(dataset_id: &str, model: &str, epochs: u32) -> pb::CreateTrainingJobRequest {
+    pb::CreateTrainingJobRequest {
+        model_name: model.into(),
+        dataset_id: dataset_id.into(),
+        spec: spec("deep", 6),
+        config: Some(pb::TrainingConfig {
+            epochs: Some(epochs),
+            batch_size: Some(16),
+            seed: Some(1),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
