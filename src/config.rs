@@ -51,6 +51,9 @@ pub struct LimitArgs {
     pub max_layers: usize,
     #[arg(long, env = "LSTMD_MAX_UNITS", default_value_t = 4096)]
     pub max_units: usize,
+    /// Largest model an ImportModel stream may carry, in bytes.
+    #[arg(long, env = "LSTMD_MAX_MODEL_BYTES", default_value_t = 1 << 30)]
+    pub max_model_bytes: usize,
     /// Largest model, in parameters.
     #[arg(long, env = "LSTMD_MAX_PARAMETERS", default_value_t = 200_000_000)]
     pub max_parameters: usize,

@@ -120,9 +120,14 @@ pub async fn start(
     })
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
-    let model_svc = ModelServiceServer::new(ModelApi { registry })
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+    let model_svc = ModelServiceServer::new(ModelApi {
+        registry,
+        predictor: Arc::clone(&predictor),
+        spec_limits: args.limits.spec(),
+        max_import_bytes: args.limits.max_model_bytes,
+    })
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
     let prediction_svc = PredictionServiceServer::new(PredictionApi { predictor })
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);

@@ -7,15 +7,41 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{config_to_proto, metrics_to_proto, spec_to_proto, timestamp};
 use crate::error::check_name;
+use crate::nn::metadata::validate_import;
 use crate::nn::metadata::ModelInfo;
 use crate::nn::summary::summarize;
+use crate::nn::SpecLimits;
+use crate::predict::Predictor;
 use crate::proto as pb;
 use crate::proto::model_service_server::ModelService;
-use crate::store::{ModelMetadata, ModelRegistry};
+use crate::store::{now_millis, ModelMetadata, ModelRegistry};
 use crate::train::TrainConfig;
 
 pub struct ModelApi {
     pub registry: Arc<ModelRegistry>,
+    pub predictor: Arc<Predictor>,
+    pub spec_limits: SpecLimits,
+    /// Largest model an ImportModel stream may carry, in bytes.
+    pub max_import_bytes: usize,
+}
+
+const WEIGHTS_FILE: &str = "model.safetensors";
+const METADATA_FILE: &str = "metadata.json";
+const EXPORT_CHUNK: usize = 1 << 20;
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("worker task failed: {e}")))?
+}
+
+fn not_found(name: &str, version: Option<u32>) -> Status {
+    Status::not_found(match version {
+        Some(v) => format!("name {name:?} version {v} names no model"),
+        None => format!("name {name:?} names no model"),
+    })
 }
 
 fn model_to_proto(meta: &ModelMetadata, weights_bytes: u64) -> Result<pb::Model, Status> {
@@ -125,24 +151,113 @@ impl ModelService for ModelApi {
 
     async fn delete_model(
         &self,
-        _request: Request<pb::DeleteModelRequest>,
+        request: Request<pb::DeleteModelRequest>,
     ) -> Result<Response<pb::DeleteModelResponse>, Status> {
-        Err(Status::unimplemented("DeleteModel is not implemented yet"))
+        let r = request.into_inner();
+        let version = (r.version != 0).then_some(r.version);
+        check_name("name", &r.name).map_err(|_| not_found(&r.name, version))?;
+        let registry = Arc::clone(&self.registry);
+        let name = r.name.clone();
+        let deleted = blocking(move || Ok(registry.delete(&name, version)?)).await?;
+        if deleted.is_empty() {
+            return Err(not_found(&r.name, version));
+        }
+        self.predictor.evict(&r.name, version);
+        tracing::info!(model = %r.name, versions = ?deleted, "model deleted");
+        Ok(Response::new(pb::DeleteModelResponse { versions: deleted }))
     }
 
     type ExportModelStream = Chunks;
 
     async fn export_model(
         &self,
-        _request: Request<pb::ExportModelRequest>,
+        request: Request<pb::ExportModelRequest>,
     ) -> Result<Response<Self::ExportModelStream>, Status> {
-        Err(Status::unimplemented("ExportModel is not implemented yet"))
+        let r = request.into_inner();
+        let version = (r.version != 0).then_some(r.version);
+        check_name("name", &r.name).map_err(|_| not_found(&r.name, version))?;
+        let registry = Arc::clone(&self.registry);
+        let name = r.name.clone();
+        let (meta, weights, metadata) = blocking(move || {
+            let Some(meta) = registry.get(&name, version)? else {
+                return Err(not_found(&name, version));
+            };
+            let missing =
+                || Status::internal(format!("model {name}@{} lacks a file", meta.version));
+            let weights = registry
+                .weights(&meta.name, meta.version)?
+                .ok_or_else(missing)?;
+            let metadata = registry
+                .metadata_json(&meta.name, meta.version)?
+                .ok_or_else(missing)?;
+            Ok((meta, weights, metadata))
+        })
+        .await?;
+        let mut chunks = Vec::new();
+        for (file, bytes) in [(WEIGHTS_FILE, weights), (METADATA_FILE, metadata)] {
+            for (i, part) in bytes.chunks(EXPORT_CHUNK).enumerate() {
+                chunks.push(Ok(pb::ExportModelChunk {
+                    file: file.to_string(),
+                    data: part.to_vec(),
+                    name: if i == 0 {
+                        meta.name.clone()
+                    } else {
+                        String::new()
+                    },
+                    version: meta.version,
+                }));
+            }
+        }
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
 
     async fn import_model(
         &self,
-        _request: Request<Streaming<pb::ImportModelChunk>>,
+        request: Request<Streaming<pb::ImportModelChunk>>,
     ) -> Result<Response<pb::Model>, Status> {
-        Err(Status::unimplemented("ImportModel is not implemented yet"))
+        let mut stream = request.into_inner();
+        let mut name = None;
+        let (mut weights, mut metadata) = (Vec::new(), Vec::new());
+        while let Some(chunk) = stream.message().await? {
+            if name.is_none() {
+                check_name("name", &chunk.name)?;
+                name = Some(chunk.name.clone());
+            }
+            let target = match chunk.file.as_str() {
+                WEIGHTS_FILE => &mut weights,
+                METADATA_FILE => &mut metadata,
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "file must be {WEIGHTS_FILE:?} or {METADATA_FILE:?}, got {other:?}"
+                    )))
+                }
+            };
+            target.extend_from_slice(&chunk.data);
+            if weights.len() + metadata.len() > self.max_import_bytes {
+                return Err(Status::resource_exhausted(format!(
+                    "an imported model must be at most {} bytes",
+                    self.max_import_bytes
+                )));
+            }
+        }
+        let name = name
+            .ok_or_else(|| Status::invalid_argument("the stream must carry at least one chunk"))?;
+        if weights.is_empty() || metadata.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "the stream must carry both {WEIGHTS_FILE} and {METADATA_FILE}"
+            )));
+        }
+        let registry = Arc::clone(&self.registry);
+        let limits = self.spec_limits.clone();
+        let model = blocking(move || {
+            let mut info = validate_import(&metadata, &weights, &limits)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            info.created_at_ms = now_millis();
+            let meta = registry.register(&name, info.to_map(), &weights)?;
+            model_to_proto(&meta, weights.len() as u64)
+        })
+        .await?;
+        tracing::info!(model = %model.name, version = model.version, "model imported");
+        Ok(Response::new(model))
     }
 }

@@ -59,3 +59,62 @@ impl ModelInfo {
         self.vocabulary.as_ref()
     }
 }
+
+/// Why an imported model was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("metadata.json is not lstmd model metadata: {0}")]
+    Metadata(String),
+    #[error("metadata.json spec is invalid: {0}")]
+    Spec(crate::error::InvalidField),
+    #[error("model.safetensors is unreadable: {0}")]
+    Weights(String),
+    #[error("model.safetensors does not fit the spec: {0}")]
+    Mismatch(super::NnError),
+    #[error("model.safetensors tensor {0:?} holds NaN or infinite values")]
+    NonFinite(String),
+    #[error("model.safetensors tensor {name:?} is {dtype:?}; lstmd models are F32")]
+    DType {
+        name: String,
+        dtype: candle_core::DType,
+    },
+}
+
+/// Checks an imported model: the metadata parses and its spec is valid
+/// under `limits`, the weights are exactly the spec's tensors (names and
+/// shapes), F32, and finite.
+pub fn validate_import(
+    metadata: &[u8],
+    weights: &[u8],
+    limits: &super::SpecLimits,
+) -> Result<ModelInfo, ImportError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(metadata).map_err(|e| ImportError::Metadata(e.to_string()))?;
+    let info: ModelInfo =
+        serde_json::from_value(value).map_err(|e| ImportError::Metadata(e.to_string()))?;
+    info.spec.validate(limits).map_err(ImportError::Spec)?;
+    if let Some(v) = &info.vocabulary {
+        if v.size() > info.spec.vocab_size {
+            return Err(ImportError::Metadata(format!(
+                "vocabulary has {} tokens but spec.vocab_size is {}",
+                v.size(),
+                info.spec.vocab_size
+            )));
+        }
+    }
+    let tensors = candle_core::safetensors::load_buffer(weights, &candle_core::Device::Cpu)
+        .map_err(|e| ImportError::Weights(e.to_string()))?;
+    for (name, t) in &tensors {
+        if t.dtype() != candle_core::DType::F32 {
+            return Err(ImportError::DType {
+                name: name.clone(),
+                dtype: t.dtype(),
+            });
+        }
+        if !super::is_finite(t).map_err(|e| ImportError::Weights(e.to_string()))? {
+            return Err(ImportError::NonFinite(name.clone()));
+        }
+    }
+    super::Network::from_tensors(&info.spec, &tensors).map_err(ImportError::Mismatch)?;
+    Ok(info)
+}

@@ -25,3 +25,14 @@ pub enum NnError {
     Candle(#[from] candle_core::Error),
 }
 pub mod metadata;
+
+/// Whether every element of `t` is finite. (0 * x is NaN exactly where x is
+/// NaN or infinite; a sum of |x| could overflow for large finite values.)
+pub fn is_finite(t: &candle_core::Tensor) -> candle_core::Result<bool> {
+    let probe = t
+        .affine(0.0, 0.0)?
+        .sum_all()?
+        .to_dtype(candle_core::DType::F64)?
+        .to_scalar::<f64>()?;
+    Ok(probe.is_finite())
+}

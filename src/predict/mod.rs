@@ -92,6 +92,15 @@ impl Predictor {
         }
     }
 
+    /// Drops cached versions of a model (all when `version` is None), e.g.
+    /// after it was deleted.
+    pub fn evict(&self, name: &str, version: Option<u32>) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(n, v), _| n != name || version.is_some_and(|want| want != *v));
+    }
+
     /// The loaded model for `name` at `version` (latest when None).
     pub async fn model(
         &self,

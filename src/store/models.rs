@@ -78,6 +78,29 @@ impl ModelRegistry {
         self.store.get_blob(&weights_key(name, version))
     }
 
+    /// The metadata.json bytes of one version, as registered.
+    pub fn metadata_json(&self, name: &str, version: u32) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store.get_blob(&metadata_key(name, version))
+    }
+
+    /// Deletes one version, or every version when `version` is None; returns
+    /// the versions deleted. Records go first (the model stops existing),
+    /// then the files.
+    pub fn delete(&self, name: &str, version: Option<u32>) -> Result<Vec<u32>, StoreError> {
+        let _guard = self.allocate.lock().unwrap_or_else(|e| e.into_inner());
+        let versions: Vec<u32> = self
+            .list()?
+            .iter()
+            .filter(|m| m.name == name && version.is_none_or(|v| v == m.version))
+            .map(|m| m.version)
+            .collect();
+        for v in &versions {
+            self.store.delete_record(TABLE, &record_id(name, *v))?;
+            self.store.delete_blobs(&format!("models/{name}/{v}"))?;
+        }
+        Ok(versions)
+    }
+
     pub fn weights_size(&self, name: &str, version: u32) -> Result<Option<u64>, StoreError> {
         self.store.blob_size(&weights_key(name, version))
     }
