@@ -68,8 +68,29 @@ pub struct LimitArgs {
     #[arg(long, env = "LSTMD_MAX_SEQUENCE_LEN", default_value_t = 4096)]
     pub max_sequence_len: usize,
     /// Predict calls being served at once; more get RESOURCE_EXHAUSTED.
-    #[arg(long, env = "LSTMD_MAX_PREDICT_IN_FLIGHT", default_value_t = 256)]
+    #[arg(long, env = "LSTMD_MAX_PREDICT_IN_FLIGHT", default_value_t = 1024)]
     pub max_predict_in_flight: usize,
+    /// Dynamic batching: sequences merged into one forward pass (1 = off).
+    #[arg(long, env = "LSTMD_MAX_BATCH", default_value_t = 64)]
+    pub max_batch: usize,
+    /// Dynamic batching: microseconds a request waits for others to join.
+    #[arg(long, env = "LSTMD_MAX_BATCH_DELAY", default_value_t = 500)]
+    pub max_batch_delay: u64,
+    /// Predict requests queued per model; more get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "LSTMD_MAX_PREDICT_QUEUE", default_value_t = 1024)]
+    pub max_predict_queue: usize,
+    /// Memory for loaded models (weights bytes); least recently used go first.
+    #[arg(long, env = "LSTMD_MODEL_CACHE_BYTES", default_value_t = 2 << 30)]
+    pub model_cache_bytes: u64,
+    /// Open prediction sessions at most.
+    #[arg(long, env = "LSTMD_MAX_SESSIONS", default_value_t = 1024)]
+    pub max_sessions: usize,
+    /// Seconds an idle session lives.
+    #[arg(long, env = "LSTMD_SESSION_IDLE_TIMEOUT", default_value_t = 300)]
+    pub session_idle_timeout: u64,
+    /// Tokens one Generate call may ask for.
+    #[arg(long, env = "LSTMD_MAX_GENERATE_TOKENS", default_value_t = 4096)]
+    pub max_generate_tokens: usize,
 }
 
 impl LimitArgs {
@@ -96,6 +117,15 @@ impl LimitArgs {
             max_batch: self.max_predict_batch,
             max_sequence_len: self.max_sequence_len,
             max_in_flight: self.max_predict_in_flight,
+            max_generate_tokens: self.max_generate_tokens,
+            model_cache_bytes: self.model_cache_bytes,
+            max_sessions: self.max_sessions,
+            session_idle_timeout: std::time::Duration::from_secs(self.session_idle_timeout),
+            batching: crate::predict::batcher::BatchingConfig {
+                max_batch: self.max_batch.max(1),
+                max_delay: std::time::Duration::from_micros(self.max_batch_delay),
+                max_queue: self.max_predict_queue,
+            },
         }
     }
 }

@@ -30,9 +30,15 @@ pub struct RunningServer {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     // Gone once every part of the server has let go of the data dir.
     store: Weak<dyn Store>,
+    predictor: Arc<Predictor>,
 }
 
 impl RunningServer {
+    /// The inference facade, for in-process benchmarks and tests.
+    pub fn predictor(&self) -> &Arc<Predictor> {
+        &self.predictor
+    }
+
     /// Asks the server to stop and waits until it has.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {
@@ -51,13 +57,16 @@ impl RunningServer {
     /// threads to close the data dir, so it can be opened again at once.
     async fn finish(self) -> anyhow::Result<()> {
         let result = self.task.await?;
-        for _ in 0..500 {
+        drop(self.predictor);
+        for _ in 0..3000 {
             if self.store.strong_count() == 0 {
-                break;
+                return result;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        result
+        result.and(Err(anyhow::anyhow!(
+            "the data dir is still held 30 s after the server stopped"
+        )))
     }
 }
 
@@ -128,9 +137,25 @@ pub async fn start(
     })
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
-    let prediction_svc = PredictionServiceServer::new(PredictionApi { predictor })
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+    // Idle sessions go even when nobody touches them.
+    let sweeper = Arc::downgrade(&predictor);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            match sweeper.upgrade() {
+                Some(p) => p.sweep_sessions(),
+                None => return,
+            }
+        }
+    });
+    let predictor_handle = Arc::clone(&predictor);
+    let prediction_svc = PredictionServiceServer::new(PredictionApi {
+        predictor,
+        session_idle_timeout_seconds: args.limits.session_idle_timeout as u32,
+    })
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
 
     let grace = Duration::from_secs(args.shutdown_grace);
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -201,5 +226,6 @@ pub async fn start(
         shutdown: Some(stop_tx),
         task,
         store: store_handle,
+        predictor: predictor_handle,
     })
 }

@@ -2,15 +2,16 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio_stream::Stream;
+use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use crate::predict::{Predictor, SequenceInput};
+use crate::predict::{GenerateParams, Predictor, SequenceInput, TokenProbability};
 use crate::proto as pb;
 use crate::proto::prediction_service_server::PredictionService;
 
 pub struct PredictionApi {
     pub predictor: Arc<Predictor>,
+    pub session_idle_timeout_seconds: u32,
 }
 
 type Tokens = Pin<Box<dyn Stream<Item = Result<pb::GenerateResponse, Status>> + Send>>;
@@ -26,16 +27,7 @@ impl PredictionService for PredictionApi {
             .sequences
             .into_iter()
             .enumerate()
-            .map(|(i, s)| match (s.ids.is_empty(), s.text.is_empty()) {
-                (false, true) => Ok(SequenceInput::Ids(s.ids)),
-                (true, false) => Ok(SequenceInput::Text(s.text)),
-                (true, true) => Err(Status::invalid_argument(format!(
-                    "sequences[{i}] must hold 1 or more tokens as ids or text, got none"
-                ))),
-                (false, false) => Err(Status::invalid_argument(format!(
-                    "sequences[{i}] must set ids or text, not both"
-                ))),
-            })
+            .map(|(i, s)| sequence_input(&format!("sequences[{i}]"), Some(s)))
             .collect::<Result<Vec<_>, _>>()?;
         let version = (r.version != 0).then_some(r.version);
         let out = self
@@ -47,14 +39,7 @@ impl PredictionService for PredictionApi {
                 .top
                 .into_iter()
                 .map(|top| pb::Prediction {
-                    top: top
-                        .into_iter()
-                        .map(|t| pb::TokenProbability {
-                            id: t.id,
-                            probability: t.probability,
-                            text: t.text.unwrap_or_default(),
-                        })
-                        .collect(),
+                    top: top.into_iter().map(token_to_proto).collect(),
                 })
                 .collect(),
             model: out.name,
@@ -66,8 +51,94 @@ impl PredictionService for PredictionApi {
 
     async fn generate(
         &self,
-        _request: Request<pb::GenerateRequest>,
+        request: Request<pb::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
-        Err(Status::unimplemented("Generate is not implemented yet"))
+        let r = request.into_inner();
+        let params = GenerateParams {
+            prompt: sequence_input("prompt", r.prompt)?,
+            max_tokens: r.max_tokens as usize,
+            temperature: r.temperature.unwrap_or(1.0),
+            top_k: r.top_k as usize,
+            seed: r.seed,
+            stop_ids: r.stop_ids,
+        };
+        let version = (r.version != 0).then_some(r.version);
+        let rx = self.predictor.generate(&r.model, version, params).await?;
+        let mut index = 0;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(
+            move |t| {
+                let out = t.map(|t| pb::GenerateResponse {
+                    token: Some(token_to_proto(t)),
+                    index,
+                });
+                index += 1;
+                out.map_err(Status::from)
+            },
+        ))))
+    }
+
+    async fn open_session(
+        &self,
+        request: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<pb::SessionInfo>, Status> {
+        let r = request.into_inner();
+        let version = (r.version != 0).then_some(r.version);
+        let (id, model) = self.predictor.open_session(&r.model, version).await?;
+        Ok(Response::new(pb::SessionInfo {
+            session_id: id,
+            model: model.name.clone(),
+            version: model.version,
+            idle_timeout_seconds: self.session_idle_timeout_seconds,
+        }))
+    }
+
+    async fn feed_session(
+        &self,
+        request: Request<pb::FeedSessionRequest>,
+    ) -> Result<Response<pb::FeedSessionResponse>, Status> {
+        let r = request.into_inner();
+        let input = sequence_input("tokens", r.tokens)?;
+        let (top, tokens_seen) = self
+            .predictor
+            .feed_session(&r.session_id, input, r.top_k)
+            .await?;
+        Ok(Response::new(pb::FeedSessionResponse {
+            prediction: Some(pb::Prediction {
+                top: top.into_iter().map(token_to_proto).collect(),
+            }),
+            tokens_seen,
+        }))
+    }
+
+    async fn close_session(
+        &self,
+        request: Request<pb::CloseSessionRequest>,
+    ) -> Result<Response<pb::CloseSessionResponse>, Status> {
+        self.predictor
+            .close_session(&request.into_inner().session_id)?;
+        Ok(Response::new(pb::CloseSessionResponse {}))
+    }
+}
+
+fn token_to_proto(t: TokenProbability) -> pb::TokenProbability {
+    pb::TokenProbability {
+        id: t.id,
+        probability: t.probability,
+        text: t.text.unwrap_or_default(),
+    }
+}
+
+/// Exactly one of ids and text must be set.
+fn sequence_input(field: &str, s: Option<pb::Sequence>) -> Result<SequenceInput, Status> {
+    let s = s.unwrap_or_default();
+    match (s.ids.is_empty(), s.text.is_empty()) {
+        (false, true) => Ok(SequenceInput::Ids(s.ids)),
+        (true, false) => Ok(SequenceInput::Text(s.text)),
+        (true, true) => Err(Status::invalid_argument(format!(
+            "{field} must hold 1 or more tokens as ids or text, got none"
+        ))),
+        (false, false) => Err(Status::invalid_argument(format!(
+            "{field} must set ids or text, not both"
+        ))),
     }
 }

@@ -53,7 +53,11 @@ impl From<PredictError> for Status {
         match e {
             PredictError::Invalid(f) => f.into(),
             PredictError::NotFound(_) => Status::not_found(e.to_string()),
-            PredictError::Overloaded(_) => Status::resource_exhausted(e.to_string()),
+            PredictError::Overloaded(_)
+            | PredictError::QueueFull(_)
+            | PredictError::TooManySessions(_) => Status::resource_exhausted(e.to_string()),
+            PredictError::SessionNotFound(_) => Status::not_found(e.to_string()),
+            PredictError::NotStateful(_) => Status::failed_precondition(e.to_string()),
             PredictError::Store(s) => s.into(),
             PredictError::Corrupt { .. } | PredictError::Candle(_) => internal(e),
         }

@@ -7,6 +7,7 @@ pub mod spec;
 pub mod summary;
 
 pub use network::{initial_parameters, Dropout, Network};
+pub use recurrent::LayerState;
 pub use spec::{Cell, LayerSpec, ModelSpec, SpecLimits, SpecRequest};
 
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::naming::{self, direction_names, DENSE_BIAS, DENSE_WEIGHT, EMBEDDING};
-use super::recurrent::{DirectionWeights, RecurrentLayer};
+use super::recurrent::{DirectionWeights, LayerState, RecurrentLayer};
 use super::spec::ModelSpec;
 use super::NnError;
 
@@ -140,6 +140,40 @@ impl Network {
         }
         x.matmul(&self.dense_weight.t()?)?
             .broadcast_add(&self.dense_bias)
+    }
+}
+
+impl Network {
+    /// Whether the model can carry state from call to call (no
+    /// bidirectional layer).
+    pub fn is_stateful(&self) -> bool {
+        self.layers.iter().all(|l| l.reverse.is_none())
+    }
+
+    /// Inference over `ids` [B, T] continuing from `states` (one per layer;
+    /// zeros when None): logits [B, vocab] after the last token, and the
+    /// states after it. Unidirectional models only.
+    pub fn forward_from(
+        &self,
+        ids: &Tensor,
+        states: Option<&[LayerState]>,
+    ) -> candle_core::Result<(Tensor, Vec<LayerState>)> {
+        let (batch, steps) = ids.dims2()?;
+        let mut x = self
+            .embedding
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((batch, steps, self.spec.embedding_dim))?;
+        let last = self.layers.len() - 1;
+        let mut out_states = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (y, state) = layer.forward_from(&x, states.map(|s| &s[i]), i < last)?;
+            x = y;
+            out_states.push(state);
+        }
+        let logits = x
+            .matmul(&self.dense_weight.t()?)?
+            .broadcast_add(&self.dense_bias)?;
+        Ok((logits, out_states))
     }
 }
 

@@ -29,9 +29,9 @@ impl RecurrentLayer {
     /// after the last step and the reverse state after the first, like Keras'
     /// `Bidirectional(merge_mode="concat")`.
     pub fn forward(&self, x: &Tensor, return_sequences: bool) -> Result<Tensor> {
-        let fwd = run_direction(self.spec.cell, &self.forward, x, false)?;
+        let (fwd, _) = run_direction(self.spec.cell, &self.forward, x, false, None)?;
         let bwd = match &self.reverse {
-            Some(w) => Some(run_direction(self.spec.cell, w, x, true)?),
+            Some(w) => Some(run_direction(self.spec.cell, w, x, true, None)?.0),
             None => None,
         };
         if return_sequences {
@@ -50,15 +50,47 @@ impl RecurrentLayer {
     }
 }
 
-/// Runs one direction over the sequence; returns the hidden state at every
-/// position, in time order (for the reverse direction, position t holds the
-/// state after consuming tokens T-1 down to t).
+/// The recurrent state of a unidirectional layer after some tokens: h, and
+/// c for an LSTM. Sessions keep it between calls.
+#[derive(Clone, Debug)]
+pub struct LayerState {
+    pub h: Tensor,
+    pub c: Option<Tensor>,
+}
+
+impl RecurrentLayer {
+    /// Like `forward` for a unidirectional layer, continuing from `state`
+    /// (zeros when None) and returning the state after the last step.
+    pub fn forward_from(
+        &self,
+        x: &Tensor,
+        state: Option<&LayerState>,
+        return_sequences: bool,
+    ) -> Result<(Tensor, LayerState)> {
+        if self.reverse.is_some() {
+            candle_core::bail!("a bidirectional layer has no state to carry forward");
+        }
+        let (states, last) = run_direction(self.spec.cell, &self.forward, x, false, state)?;
+        let out = if return_sequences {
+            Tensor::stack(&states, 1)?
+        } else {
+            last.h.clone()
+        };
+        Ok((out, last))
+    }
+}
+
+/// Runs one direction over the sequence from `init` (zeros when None);
+/// returns the hidden state at every position, in time order (for the
+/// reverse direction, position t holds the state after consuming tokens
+/// T-1 down to t), and the state after the last step.
 fn run_direction(
     cell: Cell,
     w: &DirectionWeights,
     x: &Tensor,
     reverse: bool,
-) -> Result<Vec<Tensor>> {
+    init: Option<&LayerState>,
+) -> Result<(Vec<Tensor>, LayerState)> {
     let (batch, steps, input) = x.dims3()?;
     let rows = w.weight_ih.dim(0)?;
     let units = rows / cell.gates();
@@ -75,8 +107,8 @@ fn run_direction(
         .reshape((batch, steps, rows))?;
     let weight_hh_t = w.weight_hh.t()?;
     let mut states: Vec<Option<Tensor>> = vec![None; steps];
-    let mut h: Option<Tensor> = None;
-    let mut c: Option<Tensor> = None;
+    let mut h: Option<Tensor> = init.map(|s| s.h.clone());
+    let mut c: Option<Tensor> = init.and_then(|s| s.c.clone());
     for step in 0..steps {
         let t = if reverse { steps - 1 - step } else { step };
         let xt = projected.narrow(1, t, 1)?.squeeze(1)?;
@@ -129,8 +161,13 @@ fn run_direction(
         states[t] = Some(next.clone());
         h = Some(next);
     }
-    Ok(states
+    let last = LayerState {
+        h: h.expect("sequence has at least one step"),
+        c,
+    };
+    let states = states
         .into_iter()
         .map(|s| s.expect("every step ran"))
-        .collect())
+        .collect();
+    Ok((states, last))
 }

@@ -1,10 +1,23 @@
 //! Inference facade: loads registered models once into a cache, admits a
-//! bounded number of requests, and runs forward passes off the executor.
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+//! bounded number of requests, merges concurrent ones into batches, keeps
+//! stateful sessions, and streams generated tokens. Every forward pass runs
+//! off the tokio executor, without autograd.
+pub mod batcher;
+pub mod cache;
+pub mod infer;
+pub mod sessions;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use candle_core::{Device, Tensor};
-use tokio::sync::{OnceCell, Semaphore};
+use rand::SeedableRng;
+use tokio::sync::{mpsc, Semaphore};
+
+use batcher::{Batcher, BatchingConfig, SubmitError};
+use cache::ModelCache;
+use infer::{next_token_probabilities, sample, top_k_of};
+use sessions::Sessions;
 
 use crate::data::vocabulary::check_ids;
 use crate::error::{check_range, InvalidField};
@@ -20,6 +33,14 @@ pub enum PredictError {
     NotFound(String),
     #[error("too many predictions in flight ({0}); retry later")]
     Overloaded(usize),
+    #[error("the prediction queue of model {0} is full; retry later")]
+    QueueFull(String),
+    #[error("session {0:?} not found (closed, expired or never opened)")]
+    SessionNotFound(String),
+    #[error("{0} sessions are open, the configured maximum; close one or retry later")]
+    TooManySessions(usize),
+    #[error("model {0} has bidirectional layers: a bidirectional layer needs the whole sequence, so it cannot keep a session's state")]
+    NotStateful(String),
     #[error("stored model {name} is unusable: {reason}")]
     Corrupt { name: String, reason: String },
     #[error(transparent)]
@@ -30,9 +51,16 @@ pub enum PredictError {
 
 #[derive(Clone, Debug)]
 pub struct PredictLimits {
+    /// Sequences in one Predict call.
     pub max_batch: usize,
     pub max_sequence_len: usize,
+    /// Predict calls admitted at once.
     pub max_in_flight: usize,
+    pub max_generate_tokens: usize,
+    pub model_cache_bytes: u64,
+    pub max_sessions: usize,
+    pub session_idle_timeout: Duration,
+    pub batching: BatchingConfig,
 }
 
 impl Default for PredictLimits {
@@ -41,8 +69,28 @@ impl Default for PredictLimits {
             max_batch: 1024,
             max_sequence_len: 4096,
             max_in_flight: 256,
+            max_generate_tokens: 4096,
+            model_cache_bytes: 2 << 30,
+            max_sessions: 1024,
+            session_idle_timeout: Duration::from_secs(300),
+            batching: BatchingConfig {
+                max_batch: 64,
+                max_delay: Duration::from_micros(500),
+                max_queue: 1024,
+            },
         }
     }
+}
+
+/// What `Generate` samples.
+pub struct GenerateParams {
+    pub prompt: SequenceInput,
+    pub max_tokens: usize,
+    pub temperature: f32,
+    /// 0 = the whole vocabulary.
+    pub top_k: usize,
+    pub seed: u64,
+    pub stop_ids: Vec<u32>,
 }
 
 pub enum SequenceInput {
@@ -67,38 +115,49 @@ pub struct LoadedModel {
     pub name: String,
     pub version: u32,
     pub info: ModelInfo,
-    pub network: Network,
+    pub network: Arc<Network>,
+    pub batcher: Batcher,
 }
-
-type Key = (String, u32);
 
 pub struct Predictor {
     registry: Arc<ModelRegistry>,
     device: Device,
     limits: PredictLimits,
     admission: Semaphore,
-    // One cell per model version: concurrent first requests wait for one load.
-    cache: Mutex<HashMap<Key, Arc<OnceCell<Arc<LoadedModel>>>>>,
+    cache: ModelCache<LoadedModel>,
+    sessions: Sessions,
 }
 
 impl Predictor {
     pub fn new(registry: Arc<ModelRegistry>, device: Device, limits: PredictLimits) -> Self {
         Self {
             admission: Semaphore::new(limits.max_in_flight),
+            cache: ModelCache::new(limits.model_cache_bytes),
+            sessions: Sessions::new(limits.max_sessions, limits.session_idle_timeout),
             registry,
             device,
             limits,
-            cache: Mutex::new(HashMap::new()),
         }
     }
 
     /// Drops cached versions of a model (all when `version` is None), e.g.
     /// after it was deleted.
     pub fn evict(&self, name: &str, version: Option<u32>) {
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(n, v), _| n != name || version.is_some_and(|want| want != *v));
+        self.cache.evict(name, version);
+    }
+
+    /// Models in memory and their weight bytes.
+    pub fn cached_models(&self) -> (usize, u64) {
+        self.cache.loaded()
+    }
+
+    pub fn open_sessions(&self) -> usize {
+        self.sessions.open_count()
+    }
+
+    /// Drops idle sessions; the server calls it periodically.
+    pub fn sweep_sessions(&self) {
+        self.sessions.sweep();
     }
 
     /// The loaded model for `name` at `version` (latest when None).
@@ -121,22 +180,88 @@ impl Predictor {
             .expect("registry lookup does not panic")?
             .ok_or_else(|| PredictError::NotFound(label))?;
         let key = (meta.name.clone(), meta.version);
-        let cell = Arc::clone(
-            self.cache
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(key)
-                .or_default(),
-        );
         let registry = Arc::clone(&self.registry);
         let device = self.device.clone();
-        cell.get_or_try_init(|| async move {
-            tokio::task::spawn_blocking(move || load(&registry, meta, &device))
-                .await
-                .expect("model load does not panic")
-        })
-        .await
-        .cloned()
+        let batching = self.limits.batching;
+        let (model, _hit) = self
+            .cache
+            .get_or_load(key, || async move {
+                let model = tokio::task::spawn_blocking(move || load(&registry, meta, &device))
+                    .await
+                    .expect("model load does not panic")?;
+                let bytes = model.1;
+                let (name, version, info, network) = model.0;
+                let network = Arc::new(network);
+                let batcher = Batcher::start(Arc::clone(&network), batching);
+                Ok::<_, PredictError>((
+                    Arc::new(LoadedModel {
+                        name,
+                        version,
+                        info,
+                        network,
+                        batcher,
+                    }),
+                    bytes,
+                ))
+            })
+            .await?;
+        Ok(model)
+    }
+
+    /// Validates one input sequence of `model` and turns it into ids.
+    fn encode(
+        &self,
+        model: &LoadedModel,
+        field: &str,
+        input: SequenceInput,
+    ) -> Result<Vec<u32>, PredictError> {
+        let vocab = model.info.spec.vocab_size;
+        let ids = match input {
+            SequenceInput::Ids(ids) => {
+                check_ids(&format!("{field}.ids"), &ids, vocab)?;
+                ids
+            }
+            SequenceInput::Text(text) => match model.info.vocabulary() {
+                Some(v) => v.encode(&text),
+                None => {
+                    return Err(InvalidField::new(
+                        format!("{field}.text"),
+                        format!(
+                            "cannot be used: model {:?} has no vocabulary; send ids",
+                            model.name
+                        ),
+                    )
+                    .into())
+                }
+            },
+        };
+        if ids.is_empty() || ids.len() > self.limits.max_sequence_len {
+            return Err(InvalidField::new(
+                field,
+                format!(
+                    "must hold 1..={} tokens, got {}",
+                    self.limits.max_sequence_len,
+                    ids.len()
+                ),
+            )
+            .into());
+        }
+        Ok(ids)
+    }
+
+    fn token(model: &LoadedModel, id: u32, probability: f64) -> TokenProbability {
+        TokenProbability {
+            id,
+            probability,
+            text: model.info.vocabulary().map(|v| v.token_text(id)),
+        }
+    }
+
+    fn top(model: &LoadedModel, probs: &[f32], k: usize) -> Vec<TokenProbability> {
+        top_k_of(probs, k)
+            .into_iter()
+            .map(|(id, p)| Self::token(model, id, p))
+            .collect()
     }
 
     pub async fn predict(
@@ -161,73 +286,185 @@ impl Predictor {
             )
         })?;
         let model = self.model(name, version).await?;
-        let vocab = model.info.spec.vocab_size;
-        let k = check_range("top_k", top_k.unwrap_or(5) as usize, 1, vocab)?;
-        let mut encoded = Vec::with_capacity(sequences.len());
-        for (i, seq) in sequences.into_iter().enumerate() {
-            let ids = match seq {
-                SequenceInput::Ids(ids) => {
-                    check_ids(&format!("sequences[{i}].ids"), &ids, vocab)?;
-                    ids
-                }
-                SequenceInput::Text(text) => match model.info.vocabulary() {
-                    Some(v) => v.encode(&text),
-                    None => {
-                        return Err(InvalidField::new(
-                            format!("sequences[{i}].text"),
-                            format!("cannot be used: model {name:?} has no vocabulary; send ids"),
-                        )
-                        .into())
-                    }
-                },
-            };
-            let field = format!("sequences[{i}]");
-            if ids.is_empty() || ids.len() > self.limits.max_sequence_len {
-                return Err(InvalidField::new(
-                    field,
-                    format!(
-                        "must hold 1..={} tokens, got {}",
-                        self.limits.max_sequence_len,
-                        ids.len()
-                    ),
-                )
-                .into());
+        let k = check_range(
+            "top_k",
+            top_k.unwrap_or(5) as usize,
+            1,
+            model.info.spec.vocab_size,
+        )?;
+        let encoded = sequences
+            .into_iter()
+            .enumerate()
+            .map(|(i, seq)| self.encode(&model, &format!("sequences[{i}]"), seq))
+            .collect::<Result<Vec<_>, _>>()?;
+        let probs = model.batcher.submit(encoded).await.map_err(|e| match e {
+            SubmitError::QueueFull => {
+                PredictError::QueueFull(format!("{}@{}", model.name, model.version))
             }
-            encoded.push(ids);
-        }
-        let model2 = Arc::clone(&model);
-        let probs = tokio::task::spawn_blocking(move || {
-            next_token_probabilities(&model2.network, &encoded)
-        })
-        .await
-        .expect("inference does not panic")?;
-        let vocabulary = model.info.vocabulary();
-        let top = probs
-            .iter()
-            .map(|p| {
-                top_k_of(p, k)
-                    .into_iter()
-                    .map(|(id, probability)| TokenProbability {
-                        id,
-                        probability,
-                        text: vocabulary.map(|v| v.token_text(id)),
-                    })
-                    .collect()
-            })
-            .collect();
+            SubmitError::Failed(e) => PredictError::Candle(e),
+        })?;
         Ok(Predictions {
             name: model.name.clone(),
             version: model.version,
-            top,
+            top: probs.iter().map(|p| Self::top(&model, p, k)).collect(),
         })
     }
+
+    /// Opens a session on a unidirectional model; returns its id and model.
+    pub async fn open_session(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<(String, Arc<LoadedModel>), PredictError> {
+        let model = self.model(name, version).await?;
+        if !model.network.is_stateful() {
+            return Err(PredictError::NotStateful(format!(
+                "{}@{}",
+                model.name, model.version
+            )));
+        }
+        let id = self
+            .sessions
+            .open(Arc::clone(&model))
+            .ok_or(PredictError::TooManySessions(self.sessions.max))?;
+        Ok((id, model))
+    }
+
+    /// Feeds tokens to a session; returns the top-k after them and the
+    /// number of tokens the session has seen.
+    pub async fn feed_session(
+        &self,
+        id: &str,
+        input: SequenceInput,
+        top_k: Option<u32>,
+    ) -> Result<(Vec<TokenProbability>, u64), PredictError> {
+        let mut session = self
+            .sessions
+            .lock(id)
+            .await
+            .ok_or_else(|| PredictError::SessionNotFound(id.to_string()))?;
+        let model = Arc::clone(&session.model);
+        let k = check_range(
+            "top_k",
+            top_k.unwrap_or(5) as usize,
+            1,
+            model.info.spec.vocab_size,
+        )?;
+        let ids = self.encode(&model, "tokens", input)?;
+        let states = session.states.take();
+        let network = Arc::clone(&model.network);
+        let n = ids.len();
+        let result = tokio::task::spawn_blocking(move || -> candle_core::Result<_> {
+            let x = Tensor::from_vec(ids, (1, n), network.device())?;
+            let (logits, states) = network.forward_from(&x, states.as_deref())?;
+            let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
+            Ok((probs.into_iter().next().unwrap_or_default(), states))
+        })
+        .await
+        .expect("inference does not panic");
+        let (probs, states) = result?;
+        session.states = Some(states);
+        session.tokens_seen += n as u64;
+        Sessions::touch(&mut session);
+        Ok((Self::top(&model, &probs, k), session.tokens_seen))
+    }
+
+    pub fn close_session(&self, id: &str) -> Result<(), PredictError> {
+        if self.sessions.close(id) {
+            Ok(())
+        } else {
+            Err(PredictError::SessionNotFound(id.to_string()))
+        }
+    }
+
+    /// Samples up to `max_tokens` tokens after the prompt, sent as they come.
+    /// The stream ends early at a stop id, or when the receiver is dropped.
+    pub async fn generate(
+        &self,
+        name: &str,
+        version: Option<u32>,
+        params: GenerateParams,
+    ) -> Result<mpsc::Receiver<Result<TokenProbability, PredictError>>, PredictError> {
+        let model = self.model(name, version).await?;
+        let vocab = model.info.spec.vocab_size;
+        check_range(
+            "max_tokens",
+            params.max_tokens,
+            1,
+            self.limits.max_generate_tokens,
+        )?;
+        check_range("top_k", params.top_k, 0, vocab)?;
+        if !(params.temperature >= 0.0 && params.temperature.is_finite()) {
+            return Err(InvalidField::new(
+                "temperature",
+                format!("must be >= 0 and finite, got {}", params.temperature),
+            )
+            .into());
+        }
+        check_ids("stop_ids", &params.stop_ids, vocab)?;
+        let prompt = self.encode(&model, "prompt", params.prompt)?;
+        let max_len = self.limits.max_sequence_len;
+        let (tx, rx) = mpsc::channel(16);
+        tokio::task::spawn_blocking(move || {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(params.seed);
+            let network = &model.network;
+            let run = || -> candle_core::Result<()> {
+                let step = |ids: &[u32], states: Option<&[crate::nn::LayerState]>| {
+                    let x = Tensor::from_slice(ids, (1, ids.len()), network.device())?;
+                    let (logits, states) = network.forward_from(&x, states)?;
+                    let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
+                    Ok::<_, candle_core::Error>((
+                        probs.into_iter().next().unwrap_or_default(),
+                        states,
+                    ))
+                };
+                // Unidirectional models carry their state: each new token
+                // costs one step. Bidirectional ones re-read the sequence.
+                let mut sequence = prompt;
+                let (mut probs, mut states) = if network.is_stateful() {
+                    let (p, s) = step(&sequence, None)?;
+                    (p, Some(s))
+                } else {
+                    (
+                        next_token_probabilities(network, std::slice::from_ref(&sequence))?
+                            .remove(0),
+                        None,
+                    )
+                };
+                for _ in 0..params.max_tokens {
+                    let id = sample(&probs, params.temperature, params.top_k, &mut rng);
+                    let token = Self::token(&model, id, probs[id as usize] as f64);
+                    if tx.blocking_send(Ok(token)).is_err() || params.stop_ids.contains(&id) {
+                        return Ok(());
+                    }
+                    sequence.push(id);
+                    if let Some(s) = states.take() {
+                        let (p, s) = step(&[id], Some(&s))?;
+                        probs = p;
+                        states = Some(s);
+                    } else {
+                        let start = sequence.len().saturating_sub(max_len);
+                        probs = next_token_probabilities(network, &[sequence[start..].to_vec()])?
+                            .remove(0);
+                    }
+                }
+                Ok(())
+            };
+            if let Err(e) = run() {
+                let _ = tx.blocking_send(Err(PredictError::Candle(e)));
+            }
+        });
+        Ok(rx)
+    }
 }
+
+type Loaded = ((String, u32, ModelInfo, Network), u64);
 
 fn load(
     registry: &ModelRegistry,
     meta: crate::store::ModelMetadata,
     device: &Device,
-) -> Result<Arc<LoadedModel>, PredictError> {
+) -> Result<Loaded, PredictError> {
     let corrupt = |reason: String| PredictError::Corrupt {
         name: format!("{}@{}", meta.name, meta.version),
         reason,
@@ -239,50 +476,5 @@ fn load(
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
     let network =
         Network::from_tensors(&info.spec, &tensors).map_err(|e: NnError| corrupt(e.to_string()))?;
-    Ok(Arc::new(LoadedModel {
-        name: meta.name,
-        version: meta.version,
-        info,
-        network,
-    }))
-}
-
-/// Softmax over the vocabulary for each sequence. Sequences are grouped by
-/// length, so no padding enters any result.
-pub fn next_token_probabilities(
-    network: &Network,
-    sequences: &[Vec<u32>],
-) -> candle_core::Result<Vec<Vec<f32>>> {
-    let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for (i, s) in sequences.iter().enumerate() {
-        by_len.entry(s.len()).or_default().push(i);
-    }
-    let mut out = vec![Vec::new(); sequences.len()];
-    for (len, members) in by_len {
-        let flat: Vec<u32> = members
-            .iter()
-            .flat_map(|&i| sequences[i].iter().copied())
-            .collect();
-        let ids = Tensor::from_vec(flat, (members.len(), len), network.device())?;
-        let probs =
-            candle_nn::ops::softmax_last_dim(&network.forward(&ids, None)?)?.to_vec2::<f32>()?;
-        for (row, i) in probs.into_iter().zip(members) {
-            out[i] = row;
-        }
-    }
-    Ok(out)
-}
-
-/// The k most probable ids, most probable first (ties: lower id first).
-fn top_k_of(probs: &[f32], k: usize) -> Vec<(u32, f64)> {
-    let mut idx: Vec<u32> = (0..probs.len() as u32).collect();
-    idx.sort_by(|&a, &b| {
-        probs[b as usize]
-            .total_cmp(&probs[a as usize])
-            .then(a.cmp(&b))
-    });
-    idx.truncate(k);
-    idx.into_iter()
-        .map(|i| (i, probs[i as usize] as f64))
-        .collect()
+    Ok(((meta.name, meta.version, info, network), bytes.len() as u64))
 }
