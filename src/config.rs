@@ -74,7 +74,9 @@ pub struct LimitArgs {
     #[arg(long, env = "LSTMD_MAX_BATCH", default_value_t = 64)]
     pub max_batch: usize,
     /// Dynamic batching: microseconds a request waits for others to join.
-    #[arg(long, env = "LSTMD_MAX_BATCH_DELAY", default_value_t = 500)]
+    /// With 0, requests that arrive while a forward pass runs join the next
+    /// one: no added latency when idle, full batches under load.
+    #[arg(long, env = "LSTMD_MAX_BATCH_DELAY", default_value_t = 0)]
     pub max_batch_delay: u64,
     /// Predict requests queued per model; more get RESOURCE_EXHAUSTED.
     #[arg(long, env = "LSTMD_MAX_PREDICT_QUEUE", default_value_t = 1024)]

@@ -75,7 +75,7 @@ impl Default for PredictLimits {
             session_idle_timeout: Duration::from_secs(300),
             batching: BatchingConfig {
                 max_batch: 64,
-                max_delay: Duration::from_micros(500),
+                max_delay: Duration::ZERO,
                 max_queue: 1024,
             },
         }

@@ -1,0 +1,208 @@
+//! `cargo bench --bench predict`: Predict latency and throughput for the
+//! tutorial's `dropout` model (random weights; the arithmetic is the same),
+//! in process and over gRPC on loopback, with dynamic batching on and off,
+//! all in one run so the figures compare on the same machine.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+use lstmd::config::ServeArgs;
+use lstmd::nn::metadata::{ModelInfo, FORMAT};
+use lstmd::nn::{initial_parameters, spec::preset};
+use lstmd::predict::SequenceInput;
+use lstmd::proto as pb;
+use lstmd::proto::{
+    model_service_client::ModelServiceClient, prediction_service_client::PredictionServiceClient,
+};
+use tonic::transport::Channel;
+
+const SECONDS: f64 = 2.0;
+
+fn sequence(i: u64) -> Vec<u32> {
+    (0..10).map(|t| ((i * 7 + t * 13) % 100) as u32).collect()
+}
+
+fn request(i: u64) -> pb::PredictRequest {
+    pb::PredictRequest {
+        model: "dropout".into(),
+        version: 0,
+        sequences: vec![pb::Sequence {
+            ids: sequence(i),
+            text: String::new(),
+        }],
+        top_k: Some(5),
+    }
+}
+
+async fn channel(addr: std::net::SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Registers the `dropout` preset with fresh weights through ImportModel.
+async fn import_model(addr: std::net::SocketAddr) {
+    let spec = preset("dropout").unwrap();
+    let params = initial_parameters(&spec, 1, &Device::Cpu).unwrap();
+    let weights = lstmd::train::to_safetensors(&params).unwrap();
+    let info = ModelInfo {
+        format: FORMAT.into(),
+        created_at_ms: 0,
+        spec,
+        vocabulary: None,
+        training: serde_json::Value::Null,
+        history: vec![],
+        dataset_id: String::new(),
+        job_id: String::new(),
+    };
+    let metadata = serde_json::to_vec(&info).unwrap();
+    let chunks = vec![
+        pb::ImportModelChunk {
+            name: "dropout".into(),
+            file: "model.safetensors".into(),
+            data: weights,
+        },
+        pb::ImportModelChunk {
+            name: "dropout".into(),
+            file: "metadata.json".into(),
+            data: metadata,
+        },
+    ];
+    ModelServiceClient::new(channel(addr).await)
+        .import_model(tokio_stream::iter(chunks))
+        .await
+        .unwrap();
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Sequences/s with `clients` concurrent callers, each on its own
+/// connection, calling Predict back to back for SECONDS.
+async fn throughput(addr: std::net::SocketAddr, clients: usize) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(SECONDS);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let mut client = PredictionServiceClient::new(channel(addr).await);
+        let done = Arc::clone(&done);
+        tasks.push(tokio::spawn(async move {
+            let mut i = c as u64 * 1_000_000;
+            while Instant::now() < deadline {
+                client.predict(request(i)).await.unwrap();
+                done.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+        }));
+    }
+    let start = Instant::now();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn run() {
+    let mut table = Vec::new();
+    let mut throughput_rows = Vec::new();
+    for batching in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args =
+            ServeArgs::defaults("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
+        if !batching {
+            args.limits.max_batch = 1;
+            args.limits.max_batch_delay = 0;
+        }
+        let server = lstmd::server::start(args, std::future::pending())
+            .await
+            .unwrap();
+        import_model(server.addr).await;
+        let predictor = Arc::clone(server.predictor());
+        let mut grpc = PredictionServiceClient::new(channel(server.addr).await);
+        for i in 0..50 {
+            grpc.predict(request(i)).await.unwrap();
+        }
+        if batching {
+            let mut in_process = Vec::new();
+            let mut over_grpc = Vec::new();
+            for i in 0..500u64 {
+                let t = Instant::now();
+                predictor
+                    .predict(
+                        "dropout",
+                        None,
+                        vec![SequenceInput::Ids(sequence(i))],
+                        Some(5),
+                    )
+                    .await
+                    .unwrap();
+                in_process.push(t.elapsed());
+                let t = Instant::now();
+                grpc.predict(request(i)).await.unwrap();
+                over_grpc.push(t.elapsed());
+            }
+            in_process.sort();
+            over_grpc.sort();
+            table.push(format!(
+                "latency batch 1, in process:    p50 {:>8.1} us   p99 {:>8.1} us",
+                micros(percentile(&in_process, 0.5)),
+                micros(percentile(&in_process, 0.99))
+            ));
+            table.push(format!(
+                "latency batch 1, gRPC loopback: p50 {:>8.1} us   p99 {:>8.1} us",
+                micros(percentile(&over_grpc, 0.5)),
+                micros(percentile(&over_grpc, 0.99))
+            ));
+        }
+        drop(predictor);
+        for clients in [1, 16, 64] {
+            let rate = throughput(server.addr, clients).await;
+            throughput_rows.push((clients, batching, rate));
+        }
+        server.stop().await.unwrap();
+    }
+    println!("predict benchmark: `dropout` preset (Embedding 100x8, LSTM 64, LSTM 64, Dense 100), window 10");
+    for line in table {
+        println!("{line}");
+    }
+    println!("throughput over gRPC (sequences/s), {SECONDS} s per row:");
+    println!(
+        "{:>8} {:>14} {:>14} {:>8}",
+        "clients", "batching on", "batching off", "ratio"
+    );
+    for clients in [1, 16, 64] {
+        let on = throughput_rows
+            .iter()
+            .find(|r| r.0 == clients && r.1)
+            .unwrap()
+            .2;
+        let off = throughput_rows
+            .iter()
+            .find(|r| r.0 == clients && !r.1)
+            .unwrap()
+            .2;
+        println!("{clients:>8} {on:>14.0} {off:>14.0} {:>7.2}x", on / off);
+    }
+}
+
+fn main() {
+    // As `lstmd serve` does (see README: threads).
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run());
+}
