@@ -56,14 +56,7 @@ async fn one_worker_runs_three_jobs_in_submission_order() {
             || waiting.state == pb::JobState::Running as i32
     );
     for id in &ids {
-        let events = collect(
-            c.jobs
-                .watch_job(pb::WatchJobRequest { id: id.clone() })
-                .await
-                .unwrap()
-                .into_inner(),
-        )
-        .await;
+        let events = watch_all(&mut c, id).await;
         assert_eq!(finished(&events).state, pb::JobState::Succeeded as i32);
     }
     let mut jobs = Vec::new();
@@ -153,16 +146,7 @@ async fn cancel_a_queued_and_a_running_job() {
         .unwrap()
         .into_inner();
     assert_eq!(cancelled.state, pb::JobState::Cancelled as i32);
-    let events = collect(
-        c.jobs
-            .watch_job(pb::WatchJobRequest {
-                id: queued.id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let events = watch_all(&mut c, &queued.id).await;
     assert_eq!(finished(&events).reason, "cancelled while queued");
 
     let mut stream = c
@@ -302,13 +286,7 @@ async fn finished_jobs_and_their_events_survive_a_restart_and_queued_jobs_run() 
     wait_for_epoch(&mut stream, 1).await;
     server.stop().await.unwrap();
     // The open watch ended with a clear status.
-    let end = loop {
-        match stream.message().await {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("stream ended without a status"),
-            Err(status) => break status,
-        }
-    };
+    let end = end_status(&mut stream).await;
     assert_eq!(end.code(), Code::Unavailable);
     assert!(
         end.message().contains("resumes from its last checkpoint"),
@@ -317,16 +295,7 @@ async fn finished_jobs_and_their_events_survive_a_restart_and_queued_jobs_run() 
 
     let server = start(dir.path()).await;
     let mut c = connect(&server).await;
-    let replay = collect(
-        c.jobs
-            .watch_job(pb::WatchJobRequest {
-                id: done[0].job_id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let replay = watch_all(&mut c, &done[0].job_id).await;
     assert_eq!(replay, done);
     let listed = c
         .jobs
@@ -344,10 +313,8 @@ async fn finished_jobs_and_their_events_survive_a_restart_and_queued_jobs_run() 
         .await
         .unwrap()
         .into_inner();
-    let seen = wait_for_epoch(&mut stream, 2).await;
-    let resumed = seen.iter().any(|e| {
-        matches!(&e.kind, Some(pb::job_event::Kind::State(s)) if s.message.contains("resumed") && s.message.contains("checkpoint"))
-    });
+    let seen = wait_for_state(&mut stream, "resumed").await;
+    let resumed = matches!(&seen.last().unwrap().kind, Some(pb::job_event::Kind::State(s)) if s.message.contains("checkpoint"));
     assert!(resumed, "{seen:?}");
     c.jobs
         .cancel_job(pb::CancelJobRequest {
@@ -355,16 +322,7 @@ async fn finished_jobs_and_their_events_survive_a_restart_and_queued_jobs_run() 
         })
         .await
         .unwrap();
-    let events = collect(
-        c.jobs
-            .watch_job(pb::WatchJobRequest {
-                id: queued.id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let events = watch_all(&mut c, &queued.id).await;
     assert_eq!(finished(&events).state, pb::JobState::Succeeded as i32);
     server.stop().await.unwrap();
 }
@@ -396,14 +354,7 @@ async fn kill_9_mid_training_then_the_job_resumes_from_its_checkpoint() {
 
     let bin = Binary::start(&data, &[]);
     let mut c = bin.connect().await;
-    let events = collect(
-        c.jobs
-            .watch_job(pb::WatchJobRequest { id: job.id.clone() })
-            .await
-            .unwrap()
-            .into_inner(),
-    )
-    .await;
+    let events = watch_all(&mut c, &job.id).await;
     let done = finished(&events);
     assert_eq!(
         done.state,
@@ -499,13 +450,7 @@ async fn sigterm_with_an_open_watch_stream_exits_within_the_grace_period() {
         .wait_exit(Duration::from_secs(15))
         .expect("exits within the grace period");
     assert!(exit.success(), "{exit:?}");
-    let end = loop {
-        match stream.message().await {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("stream ended without a status"),
-            Err(status) => break status,
-        }
-    };
+    let end = end_status(&mut stream).await;
     assert_eq!(end.code(), Code::Unavailable, "{end:?}");
     drop(bin);
     // The job was left RUNNING with its checkpoint, to resume.
@@ -517,11 +462,12 @@ async fn sigterm_with_an_open_watch_stream_exits_within_the_grace_period() {
         .await
         .unwrap()
         .into_inner();
-    let seen = wait_for_epoch(&mut stream, 2).await;
+    let seen = wait_for_state(&mut stream, "resumed").await;
     assert!(seen.iter().any(|e| matches!(&e.kind, Some(pb::job_event::Kind::State(s)) if s.message.contains("interrupted by a server shutdown"))));
-    assert!(seen.iter().any(
-        |e| matches!(&e.kind, Some(pb::job_event::Kind::State(s)) if s.message.contains("resumed"))
-    ));
+    c.jobs
+        .cancel_job(pb::CancelJobRequest { id: job.id.clone() })
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

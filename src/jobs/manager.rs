@@ -461,6 +461,16 @@ impl Actor {
         let Some(entry) = self.jobs.get_mut(id) else {
             return;
         };
+        if let EventKind::Epoch { metrics, .. } = &kind {
+            if entry
+                .record
+                .history
+                .iter()
+                .any(|m| m.epoch == metrics.epoch)
+            {
+                return; // already reported before a restart
+            }
+        }
         let now = now_millis();
         let mut record = entry.record.clone();
         match &kind {

@@ -197,6 +197,17 @@ fn train_and_register(observer: &mut Observer) -> Result<Registered, TrainError>
         },
     });
     observer.last_checkpoint = resume.as_ref().map(|cp| cp.state.epoch);
+    if let Some(cp) = &resume {
+        // A crash can fall between a checkpoint and its epoch event: report
+        // the checkpoint's epochs again (the manager drops known ones).
+        for metrics in &cp.state.history {
+            observer.event(TrainEvent::Epoch {
+                metrics: metrics.clone(),
+                epochs: request.config.epochs,
+                eta_seconds: 0.0,
+            });
+        }
+    }
     let trained = train::train(
         TrainInput {
             spec: &request.spec,

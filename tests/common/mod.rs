@@ -260,3 +260,43 @@ pub fn long_job(dataset_id: &str, model: &str, epochs: u32) -> pb::CreateTrainin
         ..Default::default()
     }
 }
+
+/// Every event of a job, from its first to its terminal one.
+pub async fn watch_all(c: &mut Clients, id: &str) -> Vec<pb::JobEvent> {
+    collect(
+        c.jobs
+            .watch_job(pb::WatchJobRequest { id: id.into() })
+            .await
+            .expect("WatchJob starts")
+            .into_inner(),
+    )
+    .await
+}
+
+/// Reads a stream to its end, which must be an error status.
+pub async fn end_status(stream: &mut tonic::Streaming<pb::JobEvent>) -> tonic::Status {
+    loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("stream ended without a status"),
+            Err(status) => return status,
+        }
+    }
+}
+
+/// Waits on a job stream until a state event whose message contains
+/// `needle`; returns the events read.
+pub async fn wait_for_state(
+    stream: &mut tonic::Streaming<pb::JobEvent>,
+    needle: &str,
+) -> Vec<pb::JobEvent> {
+    let mut seen = Vec::new();
+    while let Some(event) = stream.message().await.expect("stream stays healthy") {
+        let found = matches!(&event.kind, Some(pb::job_event::Kind::State(s)) if s.message.contains(needle));
+        seen.push(event);
+        if found {
+            return seen;
+        }
+    }
+    panic!("the stream ended before a state event with {needle:?}: {seen:?}");
+}
