@@ -57,6 +57,7 @@ async fn import_model(addr: std::net::SocketAddr) {
         history: vec![],
         dataset_id: String::new(),
         job_id: String::new(),
+        tuning: None,
     };
     let metadata = serde_json::to_vec(&info).unwrap();
     let chunks = vec![

@@ -10,6 +10,7 @@ pub mod predict;
 pub mod server;
 pub mod store;
 pub mod train;
+pub mod tune;
 
 /// The generated gRPC types, clients and servers of `lstmd.v1`.
 pub mod proto {

@@ -1,6 +1,8 @@
 //! proto <-> domain conversions shared by the services.
 use crate::error::InvalidField;
-use crate::jobs::{EventKind, JobEvent, JobRecord, JobState, ModelRef};
+use crate::jobs::{
+    leaderboard, EventKind, JobEvent, JobKind, JobRecord, JobState, ModelRef, TrialRecord,
+};
 use crate::nn::metadata::EpochMetrics;
 use crate::nn::{Cell, LayerSpec, ModelSpec, SpecRequest};
 use crate::proto as pb;
@@ -246,6 +248,15 @@ pub fn event_to_proto(e: &JobEvent) -> pb::JobEvent {
             epochs: *epochs,
             eta_seconds: *eta_seconds,
         }),
+        EventKind::Trial {
+            what,
+            trial,
+            leaderboard,
+        } => Kind::Trial(pb::TrialEvent {
+            what: what.clone(),
+            trial: Some(trial_to_proto(trial)),
+            leaderboard: leaderboard.iter().map(trial_to_proto).collect(),
+        }),
         EventKind::Finished(f) => Kind::Finished(pb::Finished {
             state: state_to_proto(f.state) as i32,
             reason: f.reason.clone(),
@@ -279,5 +290,37 @@ pub fn job_to_proto(j: &JobRecord) -> pb::Job {
         error: j.error.clone().unwrap_or_default(),
         history: j.history.iter().map(metrics_to_proto).collect(),
         validation_dataset_id: j.request.validation_dataset_id.clone().unwrap_or_default(),
+        kind: match j.kind {
+            JobKind::Training => "training",
+            JobKind::Tuning => "tuning",
+        }
+        .to_string(),
+        parent_id: j.request.parent.clone().unwrap_or_default(),
+        trials: match &j.tuning {
+            Some(t) => {
+                let board = leaderboard(&t.trials, t.request.objective);
+                let unscored = t.trials.iter().filter(|x| x.score.is_none());
+                board.iter().chain(unscored).map(trial_to_proto).collect()
+            }
+            None => Vec::new(),
+        },
+    }
+}
+
+pub fn trial_to_proto(t: &TrialRecord) -> pb::Trial {
+    pb::Trial {
+        number: t.number,
+        hyperparameters: t
+            .hyperparameters
+            .pairs()
+            .into_iter()
+            .map(|(name, value)| pb::Hyperparameter { name, value })
+            .collect(),
+        state: state_to_proto(t.state) as i32,
+        job_ids: t.job_ids.clone(),
+        history: t.history.iter().map(metrics_to_proto).collect(),
+        score: t.score,
+        epochs: t.epochs,
+        stopped_early: t.stopped_early,
     }
 }

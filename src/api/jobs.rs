@@ -10,7 +10,49 @@ use super::convert::{
 };
 use crate::data::{DataError, DatasetRecord, Datasets};
 use crate::error::{check_name, check_range};
-use crate::jobs::{JobManager, TrainingRequest, WatchItem};
+use crate::jobs::{JobManager, TrainingRequest, TuningRequest, WatchItem};
+use crate::tune::{plan, Objective, Param, SearchSpace, Strategy};
+
+/// Trials one tuning job may plan.
+const MAX_TRIALS: u32 = 1000;
+
+fn param(field: &str, p: Option<pb::ParamSpace>) -> Result<Option<Param>, Status> {
+    let Some(p) = p else { return Ok(None) };
+    match (p.choices.is_empty(), p.min, p.max) {
+        (false, None, None) => Ok(Some(Param::Choices(p.choices))),
+        (true, Some(min), Some(max)) => Ok(Some(Param::Range { min, max })),
+        (true, None, None) => Ok(None),
+        _ => Err(Status::invalid_argument(format!(
+            "{field} must give either choices or both min and max"
+        ))),
+    }
+}
+
+fn search_space(s: pb::SearchSpace) -> Result<SearchSpace, Status> {
+    let cells = s
+        .cells
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match pb::Cell::try_from(*c) {
+            Ok(pb::Cell::Lstm) => Ok(crate::nn::Cell::Lstm),
+            Ok(pb::Cell::Gru) => Ok(crate::nn::Cell::Gru),
+            Ok(pb::Cell::Rnn) => Ok(crate::nn::Cell::Rnn),
+            _ => Err(Status::invalid_argument(format!(
+                "search_space.cells[{i}] must be CELL_LSTM, CELL_GRU or CELL_RNN, got {c}"
+            ))),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(SearchSpace {
+        units: param("search_space.units", s.units)?,
+        num_layers: param("search_space.num_layers", s.num_layers)?,
+        cells,
+        bidirectional: s.bidirectional,
+        dropout: param("search_space.dropout", s.dropout)?,
+        learning_rate: param("search_space.learning_rate", s.learning_rate)?,
+        batch_size: param("search_space.batch_size", s.batch_size)?,
+        embedding_dim: param("search_space.embedding_dim", s.embedding_dim)?,
+    })
+}
 use crate::nn::SpecLimits;
 use crate::proto as pb;
 use crate::proto::job_service_server::JobService;
@@ -85,11 +127,74 @@ impl JobApi {
             }
         }
         Ok(TrainingRequest {
+            parent: None,
+            resume_from: None,
+            keep_checkpoint: false,
             model_name,
             dataset_id: dataset.id,
             validation_dataset_id: validation.map(|v| v.id),
             spec,
             config,
+        })
+    }
+
+    /// Checks the search against the base request and plans its trials;
+    /// every planned trial's spec must be valid.
+    fn validate_tuning(
+        &self,
+        r: &pb::CreateTuningJobRequest,
+        base: &TrainingRequest,
+    ) -> Result<TuningRequest, Status> {
+        let has_validation =
+            base.config.validation_split > 0.0 || base.validation_dataset_id.is_some();
+        if !has_validation {
+            return Err(Status::invalid_argument(
+                "config.validation_split must be > 0 (or validation_dataset_id set): the objective is measured on validation data",
+            ));
+        }
+        let space = search_space(r.search_space.clone().unwrap_or_default())?;
+        space.validate(&self.spec_limits, self.train_limits.max_batch_size)?;
+        let strategy = Strategy::parse(&r.strategy)?;
+        let max_trials = if r.max_trials == 0 { 10 } else { r.max_trials };
+        let max_trials = check_range("max_trials", max_trials, 1, MAX_TRIALS)? as usize;
+        let parallel = if r.parallel_trials == 0 {
+            1
+        } else {
+            r.parallel_trials
+        };
+        let parallel_trials = check_range("parallel_trials", parallel, 1, MAX_TRIALS)? as usize;
+        let max_epochs = if r.max_epochs == 0 {
+            base.config.epochs
+        } else {
+            r.max_epochs
+        };
+        let max_epochs = check_range("max_epochs", max_epochs, 1, self.train_limits.max_epochs)?;
+        let eta = if r.reduction_factor == 0 {
+            3
+        } else {
+            r.reduction_factor
+        };
+        let reduction_factor = check_range("reduction_factor", eta, 2, 100)?;
+        let plan = plan(&space, strategy, max_trials, r.seed)?;
+        for h in &plan {
+            h.apply(
+                &base.spec,
+                &base.config,
+                &self.spec_limits,
+                self.train_limits.max_batch_size,
+            )?;
+        }
+        Ok(TuningRequest {
+            space,
+            strategy,
+            max_trials,
+            parallel_trials,
+            objective: Objective::parse(&r.objective)?,
+            seed: r.seed,
+            max_epochs,
+            reduction_factor,
+            keep_trial_models: r.keep_trial_models,
+            plan,
         })
     }
 
@@ -118,11 +223,22 @@ impl JobService for JobApi {
 
     async fn create_tuning_job(
         &self,
-        _request: Request<pb::CreateTuningJobRequest>,
+        request: Request<pb::CreateTuningJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        Err(Status::unimplemented(
-            "CreateTuningJob is not implemented yet",
-        ))
+        let r = request.into_inner();
+        let base = self
+            .validate(pb::CreateTrainingJobRequest {
+                model_name: r.model_name.clone(),
+                dataset_id: r.dataset_id.clone(),
+                spec: r.spec.clone(),
+                config: r.config.clone(),
+                validation_dataset_id: r.validation_dataset_id.clone(),
+            })
+            .await?;
+        let tuning = self.validate_tuning(&r, &base)?;
+        let job = self.jobs.submit_tuning(base, tuning).await?;
+        tracing::info!(job = %job.id, model = %job.request.model_name, "tuning job started");
+        Ok(Response::new(job_to_proto(&job)))
     }
 
     async fn get_job(

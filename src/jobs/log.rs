@@ -18,7 +18,7 @@ pub struct JobLog {
 /// What a watcher receives.
 #[derive(Clone, Debug, PartialEq)]
 pub enum WatchItem {
-    Event(JobEvent),
+    Event(Box<JobEvent>),
     /// The server is shutting down; the job will resume on restart.
     ShuttingDown,
 }
@@ -67,7 +67,7 @@ impl JobLog {
                     cursor += 1;
                     let terminal = event.is_terminal();
                     tokio::select! {
-                        sent = tx.send(WatchItem::Event(event)) => if sent.is_err() { return },
+                        sent = tx.send(WatchItem::Event(Box::new(event))) => if sent.is_err() { return },
                         _ = tx.closed() => return,
                     }
                     if terminal {

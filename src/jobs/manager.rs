@@ -10,7 +10,11 @@ use candle_core::Device;
 use tokio::sync::{mpsc, oneshot};
 
 use super::log::{JobLog, WatchItem};
-use super::record::{EventKind, Finished, JobEvent, JobRecord, JobState, TrainingRequest};
+use super::record::{
+    EventKind, Finished, JobEvent, JobKind, JobRecord, JobState, TrainingRequest, TuningRequest,
+    TuningState,
+};
+use super::tuning::{fresh_trials, Coordinator};
 use super::worker::{run_job, WorkItem, WorkOutcome, WorkerContext};
 use super::JobError;
 use crate::data::Datasets;
@@ -33,6 +37,8 @@ pub struct JobsConfig {
 pub(super) enum Command {
     Submit {
         request: TrainingRequest,
+        /// Set for a tuning job.
+        tuning: Option<Box<TuningRequest>>,
         reply: oneshot::Sender<Result<JobRecord, JobError>>,
     },
     Get {
@@ -114,7 +120,15 @@ impl JobManager {
                 })
                 .map_err(|e| JobError::Store(e.to_string()))?;
         }
+        let coordinators = CoordinatorContext {
+            commands: commands.downgrade(),
+            runtime: tokio::runtime::Handle::current(),
+            registry: Arc::clone(&context.registry),
+            store: Arc::clone(&store),
+            workers: config.workers,
+        };
         let mut actor = Actor {
+            coordinators,
             store,
             jobs: HashMap::new(),
             order: Vec::new(),
@@ -146,7 +160,34 @@ impl JobManager {
     }
 
     pub async fn submit(&self, request: TrainingRequest) -> Result<JobRecord, JobError> {
-        self.ask(|reply| Command::Submit { request, reply }).await?
+        self.ask(|reply| Command::Submit {
+            request,
+            tuning: None,
+            reply,
+        })
+        .await?
+    }
+
+    /// Starts a tuning job: `base` is every trial's starting point.
+    pub async fn submit_tuning(
+        &self,
+        base: TrainingRequest,
+        tuning: TuningRequest,
+    ) -> Result<JobRecord, JobError> {
+        self.ask(|reply| Command::Submit {
+            request: base,
+            tuning: Some(Box::new(tuning)),
+            reply,
+        })
+        .await?
+    }
+
+    /// Adds an event to a job (for tuning coordinators).
+    pub(super) fn send_event(&self, id: &str, kind: EventKind) {
+        let _ = self.commands.send(Command::Event {
+            id: id.to_string(),
+            kind,
+        });
     }
 
     pub async fn get(&self, id: &str) -> Result<JobRecord, JobError> {
@@ -180,7 +221,18 @@ impl JobManager {
     }
 }
 
+/// What the actor needs to start tuning coordinators.
+struct CoordinatorContext {
+    // Weak: the actor runs until every other handle is gone.
+    commands: mpsc::WeakUnboundedSender<Command>,
+    runtime: tokio::runtime::Handle,
+    registry: Arc<ModelRegistry>,
+    store: Arc<dyn Store>,
+    workers: usize,
+}
+
 struct Actor {
+    coordinators: CoordinatorContext,
     store: Arc<dyn Store>,
     jobs: HashMap<String, Entry>,
     /// Ids in submission order.
@@ -223,7 +275,9 @@ impl Actor {
             } else {
                 None
             };
+            let tuning = record.kind == JobKind::Tuning && live;
             match record.state {
+                _ if tuning => {}
                 JobState::Running => resumed.push(id.clone()),
                 JobState::Queued => self.queue.push_back(id.clone()),
                 _ => {}
@@ -242,6 +296,18 @@ impl Actor {
         for id in resumed.into_iter().rev() {
             self.queue.push_front(id);
         }
+        let searches: Vec<String> = self
+            .order
+            .iter()
+            .filter(|id| {
+                let r = &self.jobs[*id].record;
+                r.kind == JobKind::Tuning && !r.state.is_terminal()
+            })
+            .cloned()
+            .collect();
+        for id in searches {
+            self.start_coordinator(&id);
+        }
         if !self.queue.is_empty() {
             tracing::info!(jobs = self.queue.len(), "recovered unfinished jobs");
         }
@@ -252,8 +318,12 @@ impl Actor {
     fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         while let Some(command) = rx.blocking_recv() {
             match command {
-                Command::Submit { request, reply } => {
-                    let _ = reply.send(self.submit(request));
+                Command::Submit {
+                    request,
+                    tuning,
+                    reply,
+                } => {
+                    let _ = reply.send(self.submit(request, tuning));
                 }
                 Command::Get { id, reply } => {
                     let _ = reply.send(
@@ -346,11 +416,16 @@ impl Actor {
         Ok(log)
     }
 
-    fn submit(&mut self, request: TrainingRequest) -> Result<JobRecord, JobError> {
+    fn submit(
+        &mut self,
+        request: TrainingRequest,
+        tuning: Option<Box<TuningRequest>>,
+    ) -> Result<JobRecord, JobError> {
         if self.shutdown.load(Ordering::SeqCst) {
             return Err(JobError::ShuttingDown);
         }
-        if self.queue.len() >= self.max_queued {
+        // A trial belongs to an admitted tuning job: it is not refused.
+        if self.queue.len() >= self.max_queued && request.parent.is_none() {
             return Err(JobError::QueueFull(self.max_queued));
         }
         let id = format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
@@ -366,6 +441,15 @@ impl Actor {
             error: None,
             history: Vec::new(),
             events: 0,
+            kind: if tuning.is_some() {
+                JobKind::Tuning
+            } else {
+                JobKind::Training
+            },
+            tuning: tuning.map(|request| TuningState {
+                request: *request,
+                trials: Vec::new(),
+            }),
         };
         self.jobs.insert(
             id.clone(),
@@ -393,9 +477,57 @@ impl Actor {
                 "the job record could not be written".into(),
             ));
         }
-        self.queue.push_back(id.clone());
-        self.dispatch();
+        if self.jobs[&id].record.kind == JobKind::Tuning {
+            // The search itself needs no worker: it starts at once and its
+            // trials queue like any job.
+            let entry = self.jobs.get_mut(&id).expect("just inserted");
+            let trials = fresh_trials(&entry.record);
+            if let Some(t) = entry.record.tuning.as_mut() {
+                t.trials = trials;
+            }
+            let n = entry.record.tuning.as_ref().map_or(0, |t| t.trials.len());
+            self.record_event(
+                &id,
+                EventKind::State {
+                    state: JobState::Running,
+                    message: format!("searching: {n} trials planned"),
+                },
+            );
+            self.start_coordinator(&id);
+        } else {
+            self.queue.push_back(id.clone());
+            self.dispatch();
+        }
         Ok(self.jobs[&id].record.clone())
+    }
+
+    fn start_coordinator(&mut self, id: &str) {
+        let entry = &self.jobs[id];
+        let Some(tuning) = entry.record.tuning.clone() else {
+            return;
+        };
+        let ctx = &self.coordinators;
+        let Some(commands) = ctx.commands.upgrade() else {
+            return;
+        };
+        let coordinator = Coordinator {
+            id: id.to_string(),
+            base: entry.record.request.clone(),
+            tuning,
+            jobs: JobManager { commands },
+            runtime: ctx.runtime.clone(),
+            registry: Arc::clone(&ctx.registry),
+            store: Arc::clone(&ctx.store),
+            cancel: Arc::clone(&entry.cancel),
+            shutdown: Arc::clone(&self.shutdown),
+            workers: ctx.workers,
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("tune-{id}"))
+            .spawn(move || coordinator.run());
+        if let Err(e) = spawned {
+            tracing::error!(job = id, error = %e, "cannot start a tuning coordinator");
+        }
     }
 
     fn cancel(&mut self, id: &str) -> Result<JobRecord, JobError> {
@@ -482,6 +614,15 @@ impl Actor {
             }
             EventKind::Epoch { metrics, .. } => record.history.push(metrics.clone()),
             EventKind::Batch(_) => {}
+            EventKind::Trial { trial, .. } => {
+                if let Some(slot) = record
+                    .tuning
+                    .as_mut()
+                    .and_then(|t| t.trials.get_mut(trial.number as usize - 1))
+                {
+                    *slot = trial.clone();
+                }
+            }
             EventKind::Finished(f) => {
                 record.state = f.state;
                 record.finished_at_ms = Some(now);

@@ -3,11 +3,16 @@
 pub mod log;
 pub mod manager;
 pub mod record;
+mod tuning;
 mod worker;
 
 pub use log::WatchItem;
 pub use manager::{JobManager, JobsConfig};
-pub use record::{EventKind, Finished, JobEvent, JobRecord, JobState, ModelRef, TrainingRequest};
+pub use record::{
+    EventKind, Finished, JobEvent, JobKind, JobRecord, JobState, ModelRef, TrainingRequest,
+    TrialRecord, TuningRequest, TuningState,
+};
+pub use tuning::leaderboard;
 pub use worker::checkpoint_key;
 
 #[derive(Debug, thiserror::Error)]

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use crate::nn::metadata::EpochMetrics;
 use crate::nn::ModelSpec;
 use crate::train::{BatchProgress, TrainConfig};
+use crate::tune::{Hyperparameters, Objective, SearchSpace, Strategy};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -56,6 +57,49 @@ pub enum EventKind {
     },
     /// The terminal event.
     Finished(Finished),
+    /// A tuning job's trial started, reported, was stopped early or ended.
+    Trial {
+        what: String,
+        trial: TrialRecord,
+        leaderboard: Vec<TrialRecord>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    #[default]
+    Training,
+    Tuning,
+}
+
+/// What a tuning job searches, after validation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TuningRequest {
+    pub space: SearchSpace,
+    pub strategy: Strategy,
+    pub max_trials: usize,
+    pub parallel_trials: usize,
+    pub objective: Objective,
+    pub seed: u64,
+    pub max_epochs: u32,
+    pub reduction_factor: u32,
+    pub keep_trial_models: bool,
+    /// The trials' hyperparameters, planned at submission.
+    pub plan: Vec<Hyperparameters>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrialRecord {
+    /// 1-based.
+    pub number: u32,
+    pub hyperparameters: Hyperparameters,
+    pub state: JobState,
+    pub job_ids: Vec<String>,
+    pub history: Vec<EpochMetrics>,
+    pub score: Option<f64>,
+    pub epochs: u32,
+    pub stopped_early: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -76,6 +120,15 @@ impl JobEvent {
 /// What a client asked to train, after validation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainingRequest {
+    /// For a trial: its tuning job.
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// Continue from this job's checkpoint (a trial's next rung).
+    #[serde(default)]
+    pub resume_from: Option<String>,
+    /// Keep the checkpoint after success (a trial may continue).
+    #[serde(default)]
+    pub keep_checkpoint: bool,
     pub model_name: String,
     pub dataset_id: String,
     pub validation_dataset_id: Option<String>,
@@ -97,4 +150,15 @@ pub struct JobRecord {
     pub history: Vec<EpochMetrics>,
     /// Events so far (the next event gets `events + 1`).
     pub events: u64,
+    #[serde(default)]
+    pub kind: JobKind,
+    /// For tuning jobs: the search and its trials.
+    #[serde(default)]
+    pub tuning: Option<TuningState>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TuningState {
+    pub request: TuningRequest,
+    pub trials: Vec<TrialRecord>,
 }

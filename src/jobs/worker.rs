@@ -106,8 +106,11 @@ pub(super) fn run_job(context: &WorkerContext, item: WorkItem) {
     };
     let outcome = match train_and_register(&mut observer) {
         Ok((model, trained_stop, best_epoch, weights_epoch)) => {
-            // The model is registered: the checkpoint has served its purpose.
-            let _ = context.store.delete_blobs(&format!("checkpoints/{}", item.id));
+            // The model is registered: the checkpoint has served its
+            // purpose, unless a trial may continue from it.
+            if !item.request.keep_checkpoint {
+                let _ = context.store.delete_blobs(&format!("checkpoints/{}", item.id));
+            }
             WorkOutcome::Finished(Finished {
                 state: JobState::Succeeded,
                 stopped_early: matches!(trained_stop, StopReason::EarlyStopped { .. }),
@@ -169,33 +172,45 @@ fn train_and_register(observer: &mut Observer) -> Result<Registered, TrainError>
         Some(id) => Some(context.datasets.tokens(id).map_err(no_data)?),
         None => None,
     };
-    let resume = if item.resume {
-        match context.store.get_blob(&checkpoint_key(&item.id)) {
-            Ok(Some(bytes)) => {
-                let names: Vec<String> = parameter_shapes(&request.spec)
-                    .into_iter()
-                    .map(|(n, _)| n)
-                    .collect();
-                Some(
-                    Checkpoint::from_bytes(&bytes, &names, &context.device)
-                        .map_err(|e| TrainError::Checkpoint(e.to_string()))?,
-                )
-            }
-            Ok(None) => None,
-            Err(e) => return Err(TrainError::Checkpoint(e.to_string())),
-        }
-    } else {
-        None
+    let load = |job: &str| -> Result<Option<Checkpoint>, TrainError> {
+        let Some(bytes) = context
+            .store
+            .get_blob(&checkpoint_key(job))
+            .map_err(|e| TrainError::Checkpoint(e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        let names: Vec<String> = parameter_shapes(&request.spec)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        Checkpoint::from_bytes(&bytes, &names, &context.device)
+            .map(Some)
+            .map_err(|e| TrainError::Checkpoint(e.to_string()))
+    };
+    // After a restart, the job's own checkpoint; else the one it continues.
+    let own = if item.resume { load(&item.id)? } else { None };
+    let continued = match (&own, &request.resume_from) {
+        (None, Some(from)) => Some(load(from)?.ok_or_else(|| {
+            TrainError::Checkpoint(format!("job {from} left no checkpoint to continue from"))
+        })?),
+        _ => None,
     };
     let device = device_name(&context.device);
     observer.send(EventKind::State {
         state: JobState::Running,
-        message: match (&resume, item.resume) {
+        message: match (&own, item.resume) {
+            _ if continued.is_some() => format!(
+                "continuing on {device} from job {}'s epoch {} checkpoint",
+                request.resume_from.as_deref().unwrap_or_default(),
+                continued.as_ref().map_or(0, |cp| cp.state.epoch)
+            ),
             (Some(cp), _) => format!("resumed on {device} from the epoch {} checkpoint after a restart", cp.state.epoch),
             (None, true) => format!("restarted on {device} from the beginning after a restart (no checkpoint was written)"),
             (None, false) => format!("training on {device}"),
         },
     });
+    let resume = own.or(continued);
     observer.last_checkpoint = resume.as_ref().map(|cp| cp.state.epoch);
     if let Some(cp) = &resume {
         // A crash can fall between a checkpoint and its epoch event: report
@@ -228,6 +243,7 @@ fn train_and_register(observer: &mut Observer) -> Result<Registered, TrainError>
         history: trained.history,
         dataset_id: request.dataset_id.clone(),
         job_id: item.id.clone(),
+        tuning: None,
     };
     let weights = to_safetensors(&trained.parameters)?;
     let meta = context

@@ -41,6 +41,10 @@ pub struct ModelInfo {
     pub history: Vec<EpochMetrics>,
     pub dataset_id: String,
     pub job_id: String,
+    /// For a tuning job's model: the search, the winning trial and its
+    /// hyperparameters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuning: Option<serde_json::Value>,
 }
 
 impl ModelInfo {
