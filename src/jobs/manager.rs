@@ -41,6 +41,9 @@ enum Command {
         id: String,
         reply: oneshot::Sender<Result<Arc<JobLog>, JobError>>,
     },
+    DatasetsInUse {
+        reply: oneshot::Sender<HashMap<String, Vec<String>>>,
+    },
     Progress {
         id: String,
         kind: EventKind,
@@ -144,6 +147,11 @@ impl JobManager {
     /// Every job, newest first.
     pub async fn list(&self) -> Result<Vec<JobRecord>, JobError> {
         self.ask(|reply| Command::List { reply }).await
+    }
+
+    /// The datasets that queued or running jobs use: dataset id -> job ids.
+    pub async fn datasets_in_use(&self) -> Result<HashMap<String, Vec<String>>, JobError> {
+        self.ask(|reply| Command::DatasetsInUse { reply }).await
     }
 
     /// The job's events so far then live ones; the stream ends after the
@@ -268,6 +276,19 @@ impl Actor {
                             .map(|e| Arc::clone(&e.log))
                             .ok_or(JobError::NotFound(id)),
                     );
+                }
+                Command::DatasetsInUse { reply } => {
+                    let mut in_use: HashMap<String, Vec<String>> = HashMap::new();
+                    for id in &self.order {
+                        let record = &self.jobs[id].record;
+                        if matches!(record.state, JobState::Queued | JobState::Running) {
+                            in_use
+                                .entry(record.request.dataset_id.clone())
+                                .or_default()
+                                .push(id.clone());
+                        }
+                    }
+                    let _ = reply.send(in_use);
                 }
                 Command::Progress { id, kind } => self.record_event(&id, kind),
                 Command::Finished { id, result } => {
