@@ -22,14 +22,14 @@ pub enum Vocabulary {
 /// pass), so the corpus never has to be in memory at once.
 #[derive(Clone, Debug)]
 pub struct CharCounts {
-    ascii: [u64; 128],
+    ascii: Box<[u64; 128]>,
     other: HashMap<char, u64>,
 }
 
 impl Default for CharCounts {
     fn default() -> Self {
         Self {
-            ascii: [0; 128],
+            ascii: Box::new([0; 128]),
             other: HashMap::new(),
         }
     }
@@ -72,7 +72,7 @@ impl CharCounts {
 /// Text -> ids for one vocabulary, built once and reused for a whole corpus.
 pub enum Encoder {
     Char {
-        ascii: [u32; 128],
+        ascii: Box<[u32; 128]>,
         other: HashMap<char, u32>,
     },
     Byte,
@@ -119,7 +119,7 @@ impl Vocabulary {
     pub fn encoder(&self) -> Encoder {
         match self {
             Vocabulary::Char { tokens } => {
-                let mut ascii = [0u32; 128];
+                let mut ascii = Box::new([0u32; 128]);
                 let mut other = HashMap::new();
                 for (i, t) in tokens.iter().enumerate().skip(1) {
                     let mut chars = t.chars();
