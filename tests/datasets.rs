@@ -398,13 +398,45 @@ async fn interrupted_upload_leaves_nothing_behind() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upload_past_the_size_limit_is_resource_exhausted() {
+async fn uploads_past_the_size_or_in_flight_limit_are_resource_exhausted() {
     let dir = tempfile::tempdir().unwrap();
     let mut args = args(dir.path());
     args.limits.max_dataset_bytes = 100_000;
+    args.limits.max_uploads_in_flight = 1;
     let server = start_with(args).await;
     let mut c = connect(&server).await;
     let before = files_under(dir.path());
+
+    // One upload at a time here: a second one waits for none.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut client = c.datasets.clone();
+    let first = tokio::spawn(async move {
+        client
+            .upload_dataset(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    tx.send(header_msg(header("first", pb::Tokenizer::Char)))
+        .await
+        .unwrap();
+    tx.send(chunk_msg(b"one at a time")).await.unwrap();
+    let staging = dir.path().join("staging");
+    eventually("the first upload is staged", || {
+        !files_under(&staging).is_empty()
+    })
+    .await;
+    assert_status(
+        upload(&mut c, header("second", pb::Tokenizer::Char), b"ab", 1).await,
+        Code::ResourceExhausted,
+        "1 uploads are in flight, the server's limit (--max-uploads-in-flight)",
+    );
+    drop(tx);
+    let first = first.await.unwrap().unwrap().into_inner();
+    assert_eq!(first.token_count, 13);
+    c.datasets
+        .delete_dataset(pb::DeleteDatasetRequest { id: first.id })
+        .await
+        .unwrap();
+    assert_eq!(files_under(dir.path()), before);
     let text = &MACBETH.as_bytes()[..100_001];
 
     // Far past the limit: refused as soon as the limit is passed.
