@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 
+use crate::data::DataLimits;
 use crate::nn::SpecLimits;
 use crate::predict::PredictLimits;
 use crate::train::TrainLimits;
@@ -43,6 +44,13 @@ pub struct ServeArgs {
 pub struct LimitArgs {
     #[arg(long, env = "LSTMD_MAX_VOCAB_SIZE", default_value_t = 1 << 20)]
     pub max_vocab_size: usize,
+    /// Largest dataset a client may send, in bytes (text, or 4 per token
+    /// id); an upload past it gets RESOURCE_EXHAUSTED.
+    #[arg(long, env = "LSTMD_MAX_DATASET_BYTES", default_value_t = 1 << 30)]
+    pub max_dataset_bytes: u64,
+    /// UploadDataset streams open at once; more get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "LSTMD_MAX_UPLOADS_IN_FLIGHT", default_value_t = 4)]
+    pub max_uploads_in_flight: usize,
     #[arg(long, env = "LSTMD_MAX_EMBEDDING_DIM", default_value_t = 4096)]
     pub max_embedding_dim: usize,
     #[arg(long, env = "LSTMD_MAX_WINDOW", default_value_t = 4096)]
@@ -96,6 +104,13 @@ pub struct LimitArgs {
 }
 
 impl LimitArgs {
+    pub fn data(&self) -> DataLimits {
+        DataLimits {
+            max_vocab_size: self.max_vocab_size,
+            max_dataset_bytes: self.max_dataset_bytes,
+        }
+    }
+
     pub fn spec(&self) -> SpecLimits {
         SpecLimits {
             max_vocab_size: self.max_vocab_size,

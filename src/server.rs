@@ -14,7 +14,7 @@ use tonic_health::ServingStatus;
 
 use crate::api::{DatasetApi, JobApi, ModelApi, PredictionApi};
 use crate::config::{parse_device, ServeArgs};
-use crate::data::{DataLimits, Datasets};
+use crate::data::Datasets;
 use crate::jobs::{JobManager, JobsConfig};
 use crate::predict::Predictor;
 use crate::proto::{
@@ -93,12 +93,7 @@ pub async fn start(
     );
     let store_handle = Arc::downgrade(&store);
     let registry = Arc::new(ModelRegistry::new(Arc::clone(&store)));
-    let datasets = Arc::new(Datasets::new(
-        Arc::clone(&store),
-        DataLimits {
-            max_vocab_size: args.limits.max_vocab_size,
-        },
-    ));
+    let datasets = Arc::new(Datasets::new(Arc::clone(&store), args.limits.data()));
     let jobs = JobManager::start(
         JobsConfig {
             workers: args.workers(),
@@ -116,9 +111,11 @@ pub async fn start(
     ));
 
     let max = args.max_message_bytes;
-    let dataset_svc = DatasetServiceServer::new(DatasetApi {
-        datasets: Arc::clone(&datasets),
-    })
+    let dataset_svc = DatasetServiceServer::new(DatasetApi::new(
+        Arc::clone(&datasets),
+        jobs.clone(),
+        args.limits.max_uploads_in_flight,
+    ))
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
     let job_svc = JobServiceServer::new(JobApi {

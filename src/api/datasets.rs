@@ -1,15 +1,80 @@
 //! DatasetService.
 use std::sync::Arc;
 
+use tokio::sync::{mpsc, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::timestamp;
-use crate::data::{DatasetInput, DatasetRecord, Datasets, TokenizerKind};
+use crate::data::{
+    DataError, DatasetInput, DatasetRecord, Datasets, TokenizerKind, Upload, UploadHeader,
+};
+use crate::jobs::JobManager;
 use crate::proto as pb;
 use crate::proto::dataset_service_server::DatasetService;
 
 pub struct DatasetApi {
-    pub datasets: Arc<Datasets>,
+    datasets: Arc<Datasets>,
+    jobs: JobManager,
+    uploads: Arc<Semaphore>,
+    max_uploads: usize,
+}
+
+impl DatasetApi {
+    pub fn new(datasets: Arc<Datasets>, jobs: JobManager, max_uploads_in_flight: usize) -> Self {
+        Self {
+            datasets,
+            jobs,
+            uploads: Arc::new(Semaphore::new(max_uploads_in_flight)),
+            max_uploads: max_uploads_in_flight,
+        }
+    }
+}
+
+/// What the transport hands the blocking upload task: chunks, then `End`
+/// once the client closed its stream. A channel closed without `End` means
+/// the upload was abandoned.
+enum Piece {
+    Chunk(Vec<u8>),
+    End,
+}
+
+/// Runs on the blocking pool. `Ok(None)`: abandoned, and dropping `upload`
+/// removed its staged files.
+fn run_upload(
+    mut upload: Upload,
+    mut pieces: mpsc::Receiver<Piece>,
+) -> Result<Option<DatasetRecord>, DataError> {
+    while let Some(piece) = pieces.blocking_recv() {
+        match piece {
+            Piece::Chunk(bytes) => upload.write(&bytes)?,
+            Piece::End => return upload.finish().map(Some),
+        }
+    }
+    tracing::info!(
+        received = upload.received(),
+        "upload abandoned; its staged files are removed"
+    );
+    Ok(None)
+}
+
+fn header_from_proto(h: pb::UploadDatasetHeader) -> Result<UploadHeader, Status> {
+    let tokenizer = match pb::Tokenizer::try_from(h.tokenizer) {
+        Ok(pb::Tokenizer::Unspecified) | Ok(pb::Tokenizer::Char) => TokenizerKind::Char,
+        Ok(pb::Tokenizer::Byte) => TokenizerKind::Byte,
+        Ok(pb::Tokenizer::Ids) => TokenizerKind::Ids,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "header.tokenizer must be TOKENIZER_CHAR, TOKENIZER_BYTE or TOKENIZER_IDS, got {}",
+                h.tokenizer
+            )))
+        }
+    };
+    Ok(UploadHeader {
+        name: h.name,
+        tokenizer,
+        vocab_size: h.vocab_size as usize,
+        max_vocab_size: h.max_vocab_size as usize,
+    })
 }
 
 fn tokenizer_to_proto(t: TokenizerKind) -> pb::Tokenizer {
@@ -28,6 +93,7 @@ pub fn dataset_to_proto(d: &DatasetRecord) -> pb::Dataset {
         token_count: d.token_count,
         vocab_size: d.vocab_size as u32,
         size_bytes: d.size_bytes,
+        source_bytes: d.source_bytes,
         created_at: Some(timestamp(d.created_at_ms)),
         preview: d.preview.clone(),
     }
@@ -81,11 +147,95 @@ impl DatasetService for DatasetApi {
 
     async fn upload_dataset(
         &self,
-        _request: Request<Streaming<pb::UploadDatasetRequest>>,
+        request: Request<Streaming<pb::UploadDatasetRequest>>,
     ) -> Result<Response<pb::Dataset>, Status> {
-        Err(Status::unimplemented(
-            "UploadDataset is not implemented yet",
-        ))
+        use pb::upload_dataset_request::Part;
+        let _permit = Arc::clone(&self.uploads).try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{} uploads are in flight, the server's limit (--max-uploads-in-flight); retry later",
+                self.max_uploads
+            ))
+        })?;
+        let mut stream = request.into_inner();
+        let header = match stream.message().await? {
+            Some(pb::UploadDatasetRequest {
+                part: Some(Part::Header(h)),
+            }) => header_from_proto(h)?,
+            Some(_) => {
+                return Err(Status::invalid_argument(
+                    "messages[0] must be the header; chunks follow it",
+                ))
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "messages must start with a header, got an empty stream",
+                ))
+            }
+        };
+        let name = header.name.clone();
+        let datasets = Arc::clone(&self.datasets);
+        let upload = blocking(move || datasets.begin_upload(header)).await??;
+        // Two chunks may wait while one is written: memory stays a few
+        // chunks, whatever the corpus size.
+        let (tx, rx) = mpsc::channel(2);
+        let worker = tokio::task::spawn_blocking(move || run_upload(upload, rx));
+        let mut index = 0u64;
+        let refused = loop {
+            index += 1;
+            let piece = match stream.message().await {
+                Ok(Some(pb::UploadDatasetRequest {
+                    part: Some(Part::Chunk(bytes)),
+                })) if !bytes.is_empty() => Piece::Chunk(bytes),
+                Ok(Some(pb::UploadDatasetRequest {
+                    part: Some(Part::Chunk(_)),
+                })) => {
+                    break Some(Status::invalid_argument(format!(
+                        "messages[{index}].chunk must hold 1 or more bytes, got none"
+                    )))
+                }
+                Ok(Some(pb::UploadDatasetRequest {
+                    part: Some(Part::Header(_)),
+                })) => {
+                    break Some(Status::invalid_argument(format!(
+                        "messages[{index}] must be a chunk: only the first message is a header"
+                    )))
+                }
+                Ok(Some(pb::UploadDatasetRequest { part: None })) => {
+                    break Some(Status::invalid_argument(format!(
+                        "messages[{index}] must set chunk"
+                    )))
+                }
+                Ok(None) => Piece::End,
+                Err(status) => break Some(status),
+            };
+            let end = matches!(piece, Piece::End);
+            // A send fails once the worker stopped on bad data: its error
+            // is the answer.
+            if tx.send(piece).await.is_err() || end {
+                break None;
+            }
+        };
+        drop(tx);
+        let outcome = worker
+            .await
+            .map_err(|e| Status::internal(format!("upload task failed: {e}")))?;
+        match (refused, outcome) {
+            (_, Err(e)) => {
+                tracing::info!(name = %name, error = %e, "upload refused");
+                Err(e.into())
+            }
+            (Some(status), _) => {
+                tracing::info!(name = %name, status = %status, "upload ended early");
+                Err(status)
+            }
+            (None, Ok(Some(record))) => {
+                tracing::info!(id = %record.id, name = %record.name, tokens = record.token_count, bytes = record.source_bytes, "dataset uploaded");
+                Ok(Response::new(dataset_to_proto(&record)))
+            }
+            (None, Ok(None)) => Err(Status::internal(
+                "the upload task stopped before the end of the stream",
+            )),
+        }
     }
 
     async fn get_dataset(
@@ -111,10 +261,23 @@ impl DatasetService for DatasetApi {
 
     async fn delete_dataset(
         &self,
-        _request: Request<pb::DeleteDatasetRequest>,
+        request: Request<pb::DeleteDatasetRequest>,
     ) -> Result<Response<pb::DeleteDatasetResponse>, Status> {
-        Err(Status::unimplemented(
-            "DeleteDataset is not implemented yet",
-        ))
+        let id = request.into_inner().id;
+        let datasets = Arc::clone(&self.datasets);
+        let lookup = id.clone();
+        blocking(move || datasets.get(&lookup)).await??;
+        if let Some(jobs) = self.jobs.datasets_in_use().await?.get(&id) {
+            return Err(Status::failed_precondition(format!(
+                "dataset {id} is used by queued or running jobs ({}); delete it once they have ended",
+                jobs.join(", ")
+            )));
+        }
+        // A job created between this check and the delete fails when it
+        // starts, with NOT_FOUND for the dataset, in its record.
+        let datasets = Arc::clone(&self.datasets);
+        let record = blocking(move || datasets.delete(&id)).await??;
+        tracing::info!(id = %record.id, name = %record.name, "dataset deleted");
+        Ok(Response::new(pb::DeleteDatasetResponse {}))
     }
 }

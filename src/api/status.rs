@@ -30,6 +30,7 @@ impl From<DataError> for Status {
             DataError::Invalid(f) => f.into(),
             DataError::NotFound(_) => Status::not_found(e.to_string()),
             DataError::AlreadyExists(_) => Status::already_exists(e.to_string()),
+            DataError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
             DataError::Store(s) => s.into(),
         }
     }

@@ -1,15 +1,17 @@
 //! Dataset records and their token streams (little-endian u32 blobs).
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use super::tokens::TokenStream;
+use super::upload::{Upload, UploadHeader};
 use super::vocabulary::{check_ids, Vocabulary};
 use super::DataError;
 use crate::error::{check_name, check_range, InvalidField};
 use crate::store::{from_json, now_millis, to_json, Store};
 
 const TABLE: &str = "datasets";
-const PREVIEW_TOKENS: usize = 64;
+pub(crate) const PREVIEW_TOKENS: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -27,6 +29,9 @@ pub struct DatasetRecord {
     pub vocab_size: usize,
     pub token_count: u64,
     pub size_bytes: u64,
+    /// Bytes the client sent (text, or 4 per id): what the size limit counts.
+    #[serde(default)]
+    pub source_bytes: u64,
     pub created_at_ms: u64,
     pub vocabulary: Option<Vocabulary>,
     pub preview: String,
@@ -47,32 +52,130 @@ pub enum DatasetInput {
 #[derive(Clone, Debug)]
 pub struct DataLimits {
     pub max_vocab_size: usize,
+    /// Largest dataset a client may send, in bytes (text, or 4 per id).
+    pub max_dataset_bytes: u64,
+}
+
+/// A token stream ready to be stored: in memory (inline datasets) or in a
+/// staged file (uploads).
+pub(crate) enum TokenBlob {
+    Bytes(Vec<u8>),
+    File(tempfile::NamedTempFile),
+}
+
+/// Everything `commit` needs besides the name.
+pub(crate) struct Prepared {
+    pub tokenizer: TokenizerKind,
+    pub vocabulary: Option<Vocabulary>,
+    pub vocab_size: usize,
+    pub blob: TokenBlob,
+    pub token_count: u64,
+    pub preview_ids: Vec<u32>,
+    pub source_bytes: u64,
+    /// The field to name when there are too few tokens.
+    pub field: &'static str,
 }
 
 pub struct Datasets {
     store: Arc<dyn Store>,
     limits: DataLimits,
+    /// Serialises "is the name free?" with the record write, in this process.
+    names: Mutex<()>,
 }
 
-fn tokens_key(id: &str) -> String {
+pub(crate) fn tokens_key(id: &str) -> String {
     format!("datasets/{id}/tokens.u32")
+}
+
+fn blobs_prefix(id: &str) -> String {
+    format!("datasets/{id}")
 }
 
 impl Datasets {
     pub fn new(store: Arc<dyn Store>, limits: DataLimits) -> Self {
-        Self { store, limits }
+        Self {
+            store,
+            limits,
+            names: Mutex::new(()),
+        }
+    }
+
+    pub fn limits(&self) -> &DataLimits {
+        &self.limits
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub(crate) fn check_size(&self, bytes: u64) -> Result<(), DataError> {
+        if bytes > self.limits.max_dataset_bytes {
+            return Err(DataError::TooLarge {
+                limit: self.limits.max_dataset_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses a vocabulary larger than the configured limit.
+    pub(crate) fn check_vocabulary(
+        &self,
+        vocab: &Vocabulary,
+        field: &str,
+    ) -> Result<(), DataError> {
+        if vocab.size() > self.limits.max_vocab_size {
+            let rule = match vocab {
+                Vocabulary::Char { tokens } => format!(
+                    "must bound the vocabulary to {}, the corpus has {} distinct characters",
+                    self.limits.max_vocab_size,
+                    tokens.len() - 1
+                ),
+                Vocabulary::Byte => format!(
+                    "cannot be the byte tokenizer: its 256 ids exceed the server's vocabulary limit {}",
+                    self.limits.max_vocab_size
+                ),
+            };
+            return Err(InvalidField::new(field, rule).into());
+        }
+        Ok(())
+    }
+
+    /// `max_vocab_size` of a char tokenizer: 0 (no limit) or 2..=limit.
+    pub(crate) fn check_max_vocab_size(&self, field: &str, value: usize) -> Result<(), DataError> {
+        if value != 0 {
+            check_range(field, value, 2, self.limits.max_vocab_size).map_err(|_| {
+                InvalidField::new(
+                    field,
+                    format!(
+                        "must be 0 (no limit) or 2..={}, got {value}",
+                        self.limits.max_vocab_size
+                    ),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_name_free(&self, name: &str) -> Result<(), DataError> {
+        if self.list()?.iter().any(|d| d.name == name) {
+            return Err(DataError::AlreadyExists(name.to_string()));
+        }
+        Ok(())
     }
 
     pub fn create(&self, name: &str, input: DatasetInput) -> Result<DatasetRecord, DataError> {
         check_name("name", name)?;
-        if self.list()?.iter().any(|d| d.name == name) {
-            return Err(DataError::AlreadyExists(name.to_string()));
-        }
-        let (tokenizer, tokens, vocabulary, vocab_size) = match input {
+        let source_bytes = match &input {
+            DatasetInput::Ids { ids, .. } => ids.len() as u64 * 4,
+            DatasetInput::Text { text, .. } => text.len() as u64,
+        };
+        self.check_size(source_bytes)?;
+        self.check_name_free(name)?;
+        let (tokenizer, tokens, vocabulary, vocab_size, field) = match input {
             DatasetInput::Ids { ids, vocab_size } => {
                 check_range("ids.vocab_size", vocab_size, 2, self.limits.max_vocab_size)?;
                 check_ids("ids.ids", &ids, vocab_size)?;
-                (TokenizerKind::Ids, ids, None, vocab_size)
+                (TokenizerKind::Ids, ids, None, vocab_size, "ids.ids")
             }
             DatasetInput::Text {
                 text,
@@ -81,58 +184,76 @@ impl Datasets {
             } => {
                 let vocab = match tokenizer {
                     TokenizerKind::Byte => Vocabulary::Byte,
-                    _ => Vocabulary::char_from_corpus(&text, max_vocab_size),
+                    _ => {
+                        self.check_max_vocab_size("max_vocab_size", max_vocab_size)?;
+                        Vocabulary::char_from_corpus(&text, max_vocab_size)
+                    }
                 };
-                if vocab.size() > self.limits.max_vocab_size {
-                    return Err(InvalidField::new(
-                        "max_vocab_size",
-                        format!(
-                            "must bound the vocabulary to {}, the corpus has {} distinct characters",
-                            self.limits.max_vocab_size,
-                            vocab.size() - 1
-                        ),
-                    )
-                    .into());
-                }
+                self.check_vocabulary(&vocab, "max_vocab_size")?;
                 let size = vocab.size();
-                (tokenizer, vocab.encode(&text), Some(vocab), size)
+                (tokenizer, vocab.encode(&text), Some(vocab), size, "text")
             }
         };
-        if tokens.len() < 2 {
-            let field = if tokenizer == TokenizerKind::Ids {
-                "ids.ids"
-            } else {
-                "text"
-            };
-            return Err(InvalidField::new(
+        let bytes: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
+        self.commit(
+            name,
+            Prepared {
+                tokenizer,
+                vocabulary,
+                vocab_size,
+                blob: TokenBlob::Bytes(bytes),
+                token_count: tokens.len() as u64,
+                preview_ids: tokens[..tokens.len().min(PREVIEW_TOKENS)].to_vec(),
+                source_bytes,
                 field,
-                format!("must hold at least 2 tokens, got {}", tokens.len()),
+            },
+        )
+    }
+
+    /// Starts a streamed upload: checks the header, and stages the data in
+    /// files that vanish unless `Upload::finish` commits them.
+    pub fn begin_upload(self: &Arc<Self>, header: UploadHeader) -> Result<Upload, DataError> {
+        Upload::begin(Arc::clone(self), header)
+    }
+
+    /// Stores the tokens, then the record (the commit point: a dataset
+    /// exists once its record is written).
+    pub(crate) fn commit(&self, name: &str, p: Prepared) -> Result<DatasetRecord, DataError> {
+        if p.token_count < 2 {
+            return Err(InvalidField::new(
+                p.field,
+                format!("must hold at least 2 tokens, got {}", p.token_count),
             )
             .into());
         }
-        let preview_ids = &tokens[..tokens.len().min(PREVIEW_TOKENS)];
-        let preview = match &vocabulary {
-            Some(v) => v.decode(preview_ids),
-            None => preview_ids
+        let preview = match &p.vocabulary {
+            Some(v) => v.decode(&p.preview_ids),
+            None => p
+                .preview_ids
                 .iter()
                 .map(u32::to_string)
                 .collect::<Vec<_>>()
                 .join(" "),
         };
-        let bytes: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
         let record = DatasetRecord {
             id: format!("ds-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
             name: name.to_string(),
-            tokenizer,
-            vocab_size,
-            token_count: tokens.len() as u64,
-            size_bytes: bytes.len() as u64,
+            tokenizer: p.tokenizer,
+            vocab_size: p.vocab_size,
+            token_count: p.token_count,
+            size_bytes: p.token_count * 4,
+            source_bytes: p.source_bytes,
             created_at_ms: now_millis(),
-            vocabulary,
+            vocabulary: p.vocabulary,
             preview,
         };
-        // Tokens first, record last: the record is the commit point.
-        self.store.put_blob(&tokens_key(&record.id), &bytes)?;
+        let _names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        self.check_name_free(name)?;
+        let key = tokens_key(&record.id);
+        match p.blob {
+            TokenBlob::Bytes(bytes) => self.store.put_blob(&key, &bytes)?,
+            TokenBlob::File(file) => self.store.put_blob_file(&key, file)?,
+        }
         self.store
             .put_record(TABLE, &record.id, &to_json(&record))?;
         Ok(record)
@@ -159,15 +280,26 @@ impl Datasets {
         Ok(all)
     }
 
-    /// The whole token stream of a dataset.
-    pub fn tokens(&self, id: &str) -> Result<Vec<u32>, DataError> {
-        let bytes = self
+    /// Deletes a dataset: its record first (from then on it does not
+    /// exist), then its token stream. Whether a job still needs it is the
+    /// caller's question. A job that already opened the tokens keeps them
+    /// (blobs are never rewritten in place); one that starts later fails
+    /// with NOT_FOUND for the dataset.
+    pub fn delete(&self, id: &str) -> Result<DatasetRecord, DataError> {
+        let record = self.get(id)?;
+        let _names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        self.store.delete_record(TABLE, id)?;
+        self.store.delete_blobs(&blobs_prefix(id))?;
+        Ok(record)
+    }
+
+    /// The whole token stream of a dataset, memory-mapped: the corpus is
+    /// paged in on demand, not read into memory.
+    pub fn tokens(&self, id: &str) -> Result<TokenStream, DataError> {
+        let file = self
             .store
-            .get_blob(&tokens_key(id))?
+            .open_blob(&tokens_key(id))?
             .ok_or_else(|| DataError::NotFound(id.to_string()))?;
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
+        Ok(TokenStream::map(&file)?)
     }
 }

@@ -1,9 +1,13 @@
 //! Datasets: tokenizers, vocabularies, windowing, stored token streams.
 pub mod datasets;
+pub mod tokens;
+pub mod upload;
 pub mod vocabulary;
 pub mod windows;
 
 pub use datasets::{DataLimits, DatasetInput, DatasetRecord, Datasets, TokenizerKind};
+pub use tokens::TokenStream;
+pub use upload::{Upload, UploadHeader};
 pub use vocabulary::Vocabulary;
 pub use windows::Windows;
 
@@ -18,6 +22,8 @@ pub enum DataError {
     NotFound(String),
     #[error("a dataset named {0:?} already exists")]
     AlreadyExists(String),
+    #[error("the dataset exceeds the server's limit of {limit} bytes (--max-dataset-bytes)")]
+    TooLarge { limit: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -18,16 +18,94 @@ pub enum Vocabulary {
     Byte,
 }
 
+/// Character frequencies of a corpus, fed piece by piece (an upload's first
+/// pass), so the corpus never has to be in memory at once.
+#[derive(Clone, Debug)]
+pub struct CharCounts {
+    ascii: Box<[u64; 128]>,
+    other: HashMap<char, u64>,
+}
+
+impl Default for CharCounts {
+    fn default() -> Self {
+        Self {
+            ascii: Box::new([0; 128]),
+            other: HashMap::new(),
+        }
+    }
+}
+
+impl CharCounts {
+    pub fn add(&mut self, text: &str) {
+        for ch in text.chars() {
+            self.add_char(ch);
+        }
+    }
+
+    pub fn add_char(&mut self, ch: char) {
+        match self.ascii.get_mut(ch as usize) {
+            Some(n) => *n += 1,
+            None => *self.other.entry(ch).or_default() += 1,
+        }
+    }
+
+    /// Distinct characters seen so far.
+    pub fn distinct(&self) -> usize {
+        self.ascii.iter().filter(|&&n| n > 0).count() + self.other.len()
+    }
+
+    /// Most frequent first, ties by code point.
+    fn by_frequency(self) -> Vec<(char, u64)> {
+        let mut all: Vec<(char, u64)> = self
+            .ascii
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(c, &n)| (char::from(c as u8), n))
+            .chain(self.other)
+            .collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        all
+    }
+}
+
+/// Text -> ids for one vocabulary, built once and reused for a whole corpus.
+pub enum Encoder {
+    Char {
+        ascii: Box<[u32; 128]>,
+        other: HashMap<char, u32>,
+    },
+    Byte,
+}
+
+impl Encoder {
+    /// Appends the ids of `text` to `out`; unknown characters become
+    /// `<unk>` (id 0).
+    pub fn encode_into(&self, text: &str, out: &mut Vec<u32>) {
+        match self {
+            Encoder::Char { ascii, other } => out.extend(text.chars().map(|c| {
+                ascii
+                    .get(c as usize)
+                    .copied()
+                    .unwrap_or_else(|| other.get(&c).copied().unwrap_or(0))
+            })),
+            Encoder::Byte => out.extend(text.bytes().map(u32::from)),
+        }
+    }
+}
+
 impl Vocabulary {
     /// Builds a char vocabulary from a corpus; `max_size` (0 = none) keeps
     /// the most frequent characters, `<unk>` included.
     pub fn char_from_corpus(text: &str, max_size: usize) -> Self {
-        let mut counts: HashMap<char, u64> = HashMap::new();
-        for ch in text.chars() {
-            *counts.entry(ch).or_default() += 1;
-        }
-        let mut by_freq: Vec<(char, u64)> = counts.into_iter().collect();
-        by_freq.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut counts = CharCounts::default();
+        counts.add(text);
+        Self::char_from_counts(counts, max_size)
+    }
+
+    /// As `char_from_corpus`, from counts gathered piece by piece.
+    pub fn char_from_counts(counts: CharCounts, max_size: usize) -> Self {
+        let by_freq = counts.by_frequency();
         let keep = if max_size == 0 {
             by_freq.len()
         } else {
@@ -36,6 +114,28 @@ impl Vocabulary {
         let mut tokens = vec![UNKNOWN.to_string()];
         tokens.extend(by_freq.into_iter().take(keep).map(|(c, _)| c.to_string()));
         Vocabulary::Char { tokens }
+    }
+
+    pub fn encoder(&self) -> Encoder {
+        match self {
+            Vocabulary::Char { tokens } => {
+                let mut ascii = Box::new([0u32; 128]);
+                let mut other = HashMap::new();
+                for (i, t) in tokens.iter().enumerate().skip(1) {
+                    let mut chars = t.chars();
+                    if let (Some(c), None) = (chars.next(), chars.next()) {
+                        match ascii.get_mut(c as usize) {
+                            Some(slot) => *slot = i as u32,
+                            None => {
+                                other.insert(c, i as u32);
+                            }
+                        }
+                    }
+                }
+                Encoder::Char { ascii, other }
+            }
+            Vocabulary::Byte => Encoder::Byte,
+        }
     }
 
     pub fn size(&self) -> usize {
@@ -54,20 +154,9 @@ impl Vocabulary {
 
     /// Text -> ids. Unknown characters map to `<unk>` (id 0).
     pub fn encode(&self, text: &str) -> Vec<u32> {
-        match self {
-            Vocabulary::Char { tokens } => {
-                let index: HashMap<char, u32> = tokens
-                    .iter()
-                    .enumerate()
-                    .skip(1)
-                    .filter_map(|(i, t)| Some((t.chars().next()?, i as u32)))
-                    .collect();
-                text.chars()
-                    .map(|c| index.get(&c).copied().unwrap_or(0))
-                    .collect()
-            }
-            Vocabulary::Byte => text.bytes().map(u32::from).collect(),
-        }
+        let mut out = Vec::with_capacity(text.len());
+        self.encoder().encode_into(text, &mut out);
+        out
     }
 
     /// The text of one id (`<unk>` for unknown; bytes that are not valid
@@ -126,6 +215,20 @@ mod tests {
         let small = Vocabulary::char_from_corpus("abbccc", 2);
         assert_eq!(small.size(), 2);
         assert_eq!(small.encode("ab"), vec![0, 0]);
+    }
+
+    #[test]
+    fn counts_fed_in_pieces_give_the_same_vocabulary() {
+        let text = "naïve café, ça va? 日本語 ok";
+        let mut counts = CharCounts::default();
+        for piece in ["naïve c", "afé, ça va? 日", "本語 ok"] {
+            counts.add(piece);
+        }
+        assert_eq!(counts.distinct(), 17);
+        let v = Vocabulary::char_from_counts(counts, 0);
+        assert_eq!(v, Vocabulary::char_from_corpus(text, 0));
+        assert_eq!(v.decode(&v.encode(text)), text);
+        assert_eq!(v.encode("é日")[0], v.encode("café")[3]);
     }
 
     #[test]

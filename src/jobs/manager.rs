@@ -56,6 +56,9 @@ pub(super) enum Command {
         id: String,
         reply: oneshot::Sender<Result<JobRecord, JobError>>,
     },
+    DatasetsInUse {
+        reply: oneshot::Sender<HashMap<String, Vec<String>>>,
+    },
     Event {
         id: String,
         kind: EventKind,
@@ -198,6 +201,12 @@ impl JobManager {
     /// Every job, newest first.
     pub async fn list(&self) -> Result<Vec<JobRecord>, JobError> {
         self.ask(|reply| Command::List { reply }).await
+    }
+
+    /// The datasets that queued or running jobs use (to train or to
+    /// validate): dataset id -> job ids.
+    pub async fn datasets_in_use(&self) -> Result<HashMap<String, Vec<String>>, JobError> {
+        self.ask(|reply| Command::DatasetsInUse { reply }).await
     }
 
     pub async fn cancel(&self, id: &str) -> Result<JobRecord, JobError> {
@@ -347,6 +356,21 @@ impl Actor {
                 }
                 Command::Cancel { id, reply } => {
                     let _ = reply.send(self.cancel(&id));
+                }
+                Command::DatasetsInUse { reply } => {
+                    let mut in_use: HashMap<String, Vec<String>> = HashMap::new();
+                    for id in &self.order {
+                        let request = &self.jobs[id].record.request;
+                        if self.jobs[id].record.state.is_terminal() {
+                            continue;
+                        }
+                        let used = std::iter::once(&request.dataset_id)
+                            .chain(request.validation_dataset_id.as_ref());
+                        for dataset in used {
+                            in_use.entry(dataset.clone()).or_default().push(id.clone());
+                        }
+                    }
+                    let _ = reply.send(in_use);
                 }
                 Command::Event { id, kind } => self.record_event(&id, kind),
                 Command::WorkDone { id, outcome } => {

@@ -1,8 +1,9 @@
 //! The embedded default store, all in one data directory: blobs as files
-//! under `blobs/`, records in the embedded database `records.redb`.
+//! under `blobs/`, records in the embedded database `records.redb`, and
+//! files being staged (uploads in progress) under `staging/`.
 use std::path::{Path, PathBuf};
 
-use super::atomic::write_atomic;
+use super::atomic::{sync_dir, write_atomic};
 use super::records::RedbRecords;
 use super::{BlobStore, RecordStore, RecordWrite, StoreError};
 
@@ -10,6 +11,10 @@ pub struct LocalStore {
     root: PathBuf,
     records: RedbRecords,
 }
+
+/// Where uploads are staged: inside the data directory, so that committing
+/// one is a rename on the same file system.
+const STAGING: &str = "staging";
 
 /// Keys and ids are made of validated names; refuse anything else so a key
 /// can never escape the data directory.
@@ -30,9 +35,26 @@ fn check_key(key: &str) -> Result<(), StoreError> {
 }
 
 impl LocalStore {
-    /// Opens (creating if needed) the data directory and checks it is writable.
+    /// Opens (creating if needed) the data directory and checks it is
+    /// writable. Staged files left by a crash (an upload cut short by
+    /// `kill -9`) are removed: nothing refers to them.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(root.join("blobs"))?;
+        let staging = root.join(STAGING);
+        if let Some(entries) = not_found_as_none(std::fs::read_dir(&staging))? {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), "removed a staged file left by an earlier run")
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot remove a stale staged file")
+                    }
+                }
+            }
+        }
+        std::fs::create_dir_all(&staging)?;
         write_atomic(&root.join(".write-check"), b"ok")?;
         Ok(Self {
             root: root.to_path_buf(),
@@ -63,8 +85,30 @@ impl BlobStore for LocalStore {
         Ok(write_atomic(&self.blob_path(key)?, bytes)?)
     }
 
+    fn staging_file(&self) -> Result<tempfile::NamedTempFile, StoreError> {
+        Ok(tempfile::Builder::new()
+            .prefix("upload-")
+            .tempfile_in(self.root.join(STAGING))?)
+    }
+
+    fn put_blob_file(&self, key: &str, file: tempfile::NamedTempFile) -> Result<(), StoreError> {
+        let path = self.blob_path(key)?;
+        let dir = path
+            .parent()
+            .ok_or_else(|| StoreError::BadKey(key.to_string()))?;
+        std::fs::create_dir_all(dir)?;
+        file.as_file().sync_all()?;
+        file.persist(&path).map_err(|e| e.error)?;
+        sync_dir(dir)?;
+        Ok(())
+    }
+
     fn get_blob(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         not_found_as_none(std::fs::read(self.blob_path(key)?))
+    }
+
+    fn open_blob(&self, key: &str) -> Result<Option<std::fs::File>, StoreError> {
+        not_found_as_none(std::fs::File::open(self.blob_path(key)?))
     }
 
     fn blob_size(&self, key: &str) -> Result<Option<u64>, StoreError> {

@@ -21,11 +21,24 @@ pub enum StoreError {
     Database(String),
 }
 
-/// Whole-object storage. `put_blob` is atomic: readers see the old bytes or
-/// all the new ones.
+/// Whole-object storage. Puts are atomic: readers see the old bytes or all
+/// the new ones. A stored blob is never rewritten in place (a put replaces
+/// it whole, by rename for local files), so a file opened or memory-mapped
+/// with `open_blob` keeps its bytes even if the blob is replaced or deleted.
 pub trait BlobStore: Send + Sync {
     fn put_blob(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError>;
+    /// A new, empty local file to stage a large blob in (an upload, a token
+    /// stream). It is removed when dropped, unless handed to
+    /// `put_blob_file`.
+    fn staging_file(&self) -> Result<tempfile::NamedTempFile, StoreError>;
+    /// Stores a staged file's bytes under `key` atomically, without reading
+    /// them into memory (the local store fsyncs and renames it into place;
+    /// object storage would stream it up).
+    fn put_blob_file(&self, key: &str, file: tempfile::NamedTempFile) -> Result<(), StoreError>;
     fn get_blob(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The blob as a readable local file, for streaming or memory-mapping
+    /// (object storage would fetch it into a local cache first).
+    fn open_blob(&self, key: &str) -> Result<Option<std::fs::File>, StoreError>;
     fn blob_size(&self, key: &str) -> Result<Option<u64>, StoreError>;
     /// Deletes every blob under `prefix` (a key or a folder of keys).
     fn delete_blobs(&self, prefix: &str) -> Result<(), StoreError>;
