@@ -331,3 +331,63 @@ fn dropout_changes_training_outputs_only() {
     assert_ne!(train1, eval1);
     assert_ne!(train1, train2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_separate_validation_dataset_is_measured_every_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = connect(&server).await;
+    let ds = ids_dataset(&mut c, "train", cycle(5, 300), 5).await;
+    let val = ids_dataset(&mut c, "held-out", cycle(5, 60), 5).await;
+    let other = ids_dataset(&mut c, "other", cycle(9, 60), 9).await;
+    let request = |validation: &str, split: Option<f32>| pb::CreateTrainingJobRequest {
+        model_name: "v".into(),
+        dataset_id: ds.id.clone(),
+        validation_dataset_id: validation.into(),
+        spec: spec("deep", 4),
+        config: Some(pb::TrainingConfig {
+            epochs: Some(3),
+            learning_rate: Some(0.01),
+            validation_split: split,
+            ..Default::default()
+        }),
+    };
+    let events = train(&mut c, request(&val.id, None)).await;
+    assert_eq!(finished(&events).state, pb::JobState::Succeeded as i32);
+    let history = epochs(&events);
+    assert!(history
+        .iter()
+        .all(|m| m.val_loss.is_some() && m.val_accuracy.is_some()));
+    let job = c
+        .jobs
+        .get_job(pb::GetJobRequest {
+            id: events[0].job_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(job.validation_dataset_id, val.id);
+    let err = c
+        .jobs
+        .create_training_job(request(&other.id, None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("validation_dataset_id"), "{err:?}");
+    let err = c
+        .jobs
+        .create_training_job(request(&val.id, Some(0.2)))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("config.validation_split must be 0"),
+        "{err:?}"
+    );
+    let err = c
+        .jobs
+        .create_training_job(request("ds-missing", None))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    server.stop().await.unwrap();
+}
