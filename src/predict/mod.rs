@@ -119,6 +119,11 @@ impl Predictor {
                 .entry(key)
                 .or_default(),
         );
+        if cell.initialized() {
+            metrics::counter!("lstmd_model_cache_hits_total").increment(1);
+        } else {
+            metrics::counter!("lstmd_model_cache_misses_total").increment(1);
+        }
         let registry = Arc::clone(&self.registry);
         let device = self.device.clone();
         cell.get_or_try_init(|| async move {
@@ -151,6 +156,7 @@ impl Predictor {
                 ),
             )
         })?;
+        metrics::histogram!("lstmd_predict_batch_sequences").record(sequences.len() as f64);
         let model = self.model(name, version).await?;
         let vocab = model.info.spec.vocab_size;
         let k = check_range("top_k", top_k.unwrap_or(5) as usize, 1, vocab)?;
@@ -187,7 +193,9 @@ impl Predictor {
             encoded.push(ids);
         }
         let model2 = Arc::clone(&model);
+        let queued = std::time::Instant::now();
         let probs = tokio::task::spawn_blocking(move || {
+            metrics::histogram!("lstmd_predict_queue_seconds").record(queued.elapsed());
             next_token_probabilities(&model2.network, &encoded)
         })
         .await
@@ -230,6 +238,8 @@ fn load(
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
     let network =
         Network::from_tensors(&info.spec, &tensors).map_err(|e: NnError| corrupt(e.to_string()))?;
+    metrics::gauge!("lstmd_model_cache_loaded_bytes").increment(bytes.len() as f64);
+    metrics::gauge!("lstmd_model_cache_models").increment(1.0);
     Ok(Arc::new(LoadedModel {
         name: meta.name,
         version: meta.version,
