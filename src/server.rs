@@ -122,8 +122,14 @@ pub async fn start(
         Some(a) => Some(bind("--metrics-listen", a).await?),
         None => None,
     };
-    let health_addr = health_listener.as_ref().map(|l| l.local_addr()).transpose()?;
-    let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let health_addr = health_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
 
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter

@@ -69,7 +69,10 @@ impl Observer<'_> {
 
 /// `lstmd_training_samples_per_second` of this worker thread.
 fn samples_per_second(value: f64) {
-    let worker = std::thread::current().name().unwrap_or("worker").to_string();
+    let worker = std::thread::current()
+        .name()
+        .unwrap_or("worker")
+        .to_string();
     metrics::gauge!("lstmd_training_samples_per_second", "worker" => worker).set(value);
 }
 
