@@ -203,9 +203,14 @@ pub async fn start(
     let mut side_tasks = Vec::new();
     if let Some(listener) = health_listener {
         let health = health.clone();
+        // Reflection of health alone, so grpcurl can call it there too.
+        let health_reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
         side_tasks.push(tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
                 .add_service(health)
+                .add_service(health_reflection)
                 .serve_with_incoming(TcpListenerStream::new(listener))
                 .await;
             if let Err(e) = served {
@@ -298,8 +303,8 @@ pub async fn start(
         tls = args.security.tls_cert.is_some(),
         mtls = args.security.tls_client_ca.is_some(),
         auth = args.security.auth_token_file.is_some(),
-        metrics = ?metrics_addr,
-        health = ?health_addr,
+        metrics = %metrics_addr.map_or_else(|| "off".into(), |a| a.to_string()),
+        health_only = %health_addr.map_or_else(|| "off".into(), |a| a.to_string()),
         data_dir = %args.data_dir.display(),
         device = %args.device,
         "lstmd serving"
