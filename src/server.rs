@@ -103,7 +103,13 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<RunningServer> {
     let device = parse_device(&args.device).map_err(anyhow::Error::msg)?;
-    let tls = tls_config(&args.security)?;
+    // Settings that can be wrong are checked before anything starts.
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls_config(&args.security)? {
+        builder = builder
+            .tls_config(tls)
+            .context("invalid --tls-cert, --tls-key or --tls-client-ca")?;
+    }
     let auth = Auth::new(match &args.security.auth_token_file {
         Some(path) => Some(Arc::new(TokenFile::open(path)?)),
         None => None,
@@ -259,10 +265,6 @@ pub async fn start(
         }
         let _ = drain_tx.send(true);
     });
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls).context("invalid TLS settings")?;
-    }
     let router = builder
         .layer(RpcLayer)
         .add_service(health)

@@ -147,6 +147,35 @@ async fn tls_serves_a_certificate_made_in_the_test() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_tls_or_token_files_stop_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let start = |cert: &Path, key: &Path, tokens: Option<&Path>| {
+        let mut args = args(&dir.path().join("data"));
+        args.security.tls_cert = Some(cert.to_path_buf());
+        args.security.tls_key = Some(key.to_path_buf());
+        args.security.auth_token_file = tokens.map(Path::to_path_buf);
+        lstmd::server::start(args, std::future::pending())
+    };
+    let e = start(&garbage, &pki.server_key, None).await.err().unwrap();
+    assert!(format!("{e:#}").contains("--tls"), "{e:#}");
+    let e = start(&pki.server_cert, &garbage, None).await.err().unwrap();
+    assert!(format!("{e:#}").contains("--tls"), "{e:#}");
+    let missing = dir.path().join("missing.pem");
+    let e = start(&missing, &pki.server_key, None).await.err().unwrap();
+    assert!(format!("{e:#}").contains("missing.pem"), "{e:#}");
+    let empty = dir.path().join("tokens");
+    std::fs::write(&empty, "# nobody yet\n").unwrap();
+    let e = start(&pki.server_cert, &pki.server_key, Some(&empty))
+        .await
+        .err()
+        .unwrap();
+    assert!(format!("{e:#}").contains("holds no token"), "{e:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_refuses_a_client_without_a_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path());
