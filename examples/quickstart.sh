@@ -30,7 +30,7 @@ echo "== 3. Train the 'deep' preset (LSTM 64 -> LSTM 64) on windows of 4, stream
 g -d "{\"model_name\": \"$name\", \"dataset_id\": \"$dataset_id\",
       \"spec\": {\"preset\": \"deep\", \"window\": 4},
       \"config\": {\"epochs\": 12, \"batch_size\": 32, \"learning_rate\": 0.01, \"seed\": 7}}" \
-  "$ADDR" lstmd.v1.JobService/Train | tee /dev/stderr >"${TMPDIR:-/tmp}/$name.events"
+  "$ADDR" lstmd.v1.JobService/Train | tee -a /dev/stderr >"${TMPDIR:-/tmp}/$name.events"
 grep -q '"state": "JOB_STATE_SUCCEEDED"' "${TMPDIR:-/tmp}/$name.events" || fail "training did not succeed"
 rm -f "${TMPDIR:-/tmp}/$name.events"
 

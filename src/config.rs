@@ -35,8 +35,49 @@ pub struct ServeArgs {
     /// Threads each matrix multiply may use (sets RAYON_NUM_THREADS).
     #[arg(long, env = "LSTMD_MATMUL_THREADS", default_value_t = 1)]
     pub matmul_threads: usize,
+    /// Log format on stderr: `text` for people, `json` (one object a line)
+    /// for log collectors. Filter with RUST_LOG (default `info`).
+    #[arg(long, env = "LSTMD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Serve Prometheus metrics over HTTP at `/metrics` on this address
+    /// (e.g. 0.0.0.0:9090). Off unless set.
+    #[arg(long, env = "LSTMD_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Serve `grpc.health.v1.Health` alone, in plaintext, on this address
+    /// too: Kubernetes' gRPC probes cannot speak TLS. Off unless set.
+    #[arg(long, env = "LSTMD_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub security: SecurityArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// TLS and bearer-token auth.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct SecurityArgs {
+    /// Serve TLS with this PEM certificate chain (needs --tls-key).
+    #[arg(long, env = "LSTMD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "LSTMD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by these PEM CA certificates
+    /// (mutual TLS; needs --tls-cert).
+    #[arg(long, env = "LSTMD_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Require `authorization: Bearer <token>` on every call but health and
+    /// reflection; the file holds the tokens, one a line (blank lines and
+    /// `#` comments ignored), and is re-read when it changes.
+    #[arg(long, env = "LSTMD_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
 }
 
 /// Bounds on every size a client controls.

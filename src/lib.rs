@@ -5,6 +5,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod jobs;
+pub mod metrics;
 pub mod nn;
 pub mod predict;
 pub mod server;

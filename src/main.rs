@@ -1,5 +1,5 @@
 use clap::{Parser, Subcommand};
-use lstmd::config::ServeArgs;
+use lstmd::config::{LogFormat, ServeArgs};
 
 #[derive(Parser)]
 #[command(
@@ -27,17 +27,32 @@ fn main() -> anyhow::Result<()> {
         // SAFETY: still single-threaded here.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", args.matmul_threads.to_string()) };
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    init_logs(args.log_format);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let server = lstmd::server::start(args, shutdown_signal()).await?;
         server.wait().await
     })
+}
+
+/// Logs to stderr, filtered by RUST_LOG (default `info`); each RPC's events
+/// carry its span (`rpc`, `request_id`).
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        // One JSON object a line, with the current span's fields and the
+        // spans it is in.
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 /// Ctrl-C or SIGTERM.

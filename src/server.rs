@@ -1,6 +1,9 @@
 //! Wires the layers together and runs the gRPC server: health (NOT_SERVING
 //! until ready and again while shutting down), reflection v1 and v1alpha,
-//! and the four lstmd services.
+//! and the four lstmd services behind the bearer-token interceptor; every
+//! call goes through the RPC layer (span, request id, metrics, deadline).
+//! Optionally TLS (mTLS), a plaintext health-only listener for Kubernetes
+//! probes, and the Prometheus `/metrics` listener.
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
@@ -10,10 +13,14 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
+use crate::api::auth::{Auth, TokenFile};
+use crate::api::rpc::RpcLayer;
 use crate::api::{DatasetApi, JobApi, ModelApi, PredictionApi};
-use crate::config::{parse_device, ServeArgs};
+use crate::config::{parse_device, SecurityArgs, ServeArgs};
 use crate::data::Datasets;
 use crate::jobs::{JobManager, JobsConfig};
 use crate::predict::Predictor;
@@ -26,6 +33,10 @@ use crate::store::{LocalStore, ModelRegistry, Store};
 /// A server running in this process (tests use it; `main` too).
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served (`--metrics-listen`).
+    pub metrics_addr: Option<SocketAddr>,
+    /// Where the plaintext health-only listener is (`--health-listen`).
+    pub health_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     // Gone once every part of the server has let go of the data dir.
@@ -70,6 +81,30 @@ impl RunningServer {
     }
 }
 
+fn read(what: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
+}
+
+/// The TLS settings of `--tls-cert`/`--tls-key` (and `--tls-client-ca`).
+fn tls_config(security: &SecurityArgs) -> anyhow::Result<Option<ServerTlsConfig>> {
+    let (Some(cert), Some(key)) = (&security.tls_cert, &security.tls_key) else {
+        return Ok(None);
+    };
+    let identity = Identity::from_pem(read("--tls-cert", cert)?, read("--tls-key", key)?);
+    let mut config = ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &security.tls_client_ca {
+        // Clients without a certificate signed by this CA are refused.
+        config = config.client_ca_root(Certificate::from_pem(read("--tls-client-ca", ca)?));
+    }
+    Ok(Some(config))
+}
+
+async fn bind(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({what})"))
+}
+
 /// Binds `args.listen` and serves until `shutdown` resolves (or
 /// `RunningServer::stop`).
 pub async fn start(
@@ -77,10 +112,39 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<RunningServer> {
     let device = parse_device(&args.device).map_err(anyhow::Error::msg)?;
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    // Settings that can be wrong are checked before anything starts.
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls_config(&args.security)? {
+        builder = builder
+            .tls_config(tls)
+            .context("invalid --tls-cert, --tls-key or --tls-client-ca")?;
+    }
+    let auth = Auth::new(match &args.security.auth_token_file {
+        Some(path) => Some(Arc::new(TokenFile::open(path)?)),
+        None => None,
+    });
+    let metrics = match args.metrics_listen {
+        Some(_) => Some(crate::metrics::install()?),
+        None => None,
+    };
+    let listener = bind("--listen", args.listen).await?;
     let addr = listener.local_addr()?;
+    let health_listener = match args.health_listen {
+        Some(a) => Some(bind("--health-listen", a).await?),
+        None => None,
+    };
+    let metrics_listener = match args.metrics_listen {
+        Some(a) => Some(bind("--metrics-listen", a).await?),
+        None => None,
+    };
+    let health_addr = health_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
 
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
@@ -110,30 +174,41 @@ pub async fn start(
         args.limits.predict(),
     ));
 
+    // Configured first, then wrapped: the interceptor wrapper has no size
+    // methods. Health and reflection are not wrapped: they stay open.
     let max = args.max_message_bytes;
-    let dataset_svc = DatasetServiceServer::new(DatasetApi::new(
-        Arc::clone(&datasets),
-        jobs.clone(),
-        args.limits.max_uploads_in_flight,
-    ))
-    .max_decoding_message_size(max)
-    .max_encoding_message_size(max);
-    let job_svc = JobServiceServer::new(JobApi {
-        jobs: jobs.clone(),
-        datasets,
-        spec_limits: args.limits.spec(),
-        train_limits: args.limits.train(),
-    })
-    .max_decoding_message_size(max)
-    .max_encoding_message_size(max);
-    let model_svc = ModelServiceServer::new(ModelApi {
-        registry,
-        predictor: Arc::clone(&predictor),
-        spec_limits: args.limits.spec(),
-        max_import_bytes: args.limits.max_model_bytes,
-    })
-    .max_decoding_message_size(max)
-    .max_encoding_message_size(max);
+    let dataset_svc = InterceptedService::new(
+        DatasetServiceServer::new(DatasetApi::new(
+            Arc::clone(&datasets),
+            jobs.clone(),
+            args.limits.max_uploads_in_flight,
+        ))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max),
+        auth.clone(),
+    );
+    let job_svc = InterceptedService::new(
+        JobServiceServer::new(JobApi {
+            jobs: jobs.clone(),
+            datasets,
+            spec_limits: args.limits.spec(),
+            train_limits: args.limits.train(),
+        })
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max),
+        auth.clone(),
+    );
+    let model_svc = InterceptedService::new(
+        ModelServiceServer::new(ModelApi {
+            registry,
+            predictor: Arc::clone(&predictor),
+            spec_limits: args.limits.spec(),
+            max_import_bytes: args.limits.max_model_bytes,
+        })
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max),
+        auth.clone(),
+    );
     // Idle sessions go even when nobody touches them.
     let sweeper = Arc::downgrade(&predictor);
     tokio::spawn(async move {
@@ -147,12 +222,42 @@ pub async fn start(
         }
     });
     let predictor_handle = Arc::clone(&predictor);
-    let prediction_svc = PredictionServiceServer::new(PredictionApi {
-        predictor,
-        session_idle_timeout_seconds: args.limits.session_idle_timeout as u32,
-    })
-    .max_decoding_message_size(max)
-    .max_encoding_message_size(max);
+    let prediction_svc = InterceptedService::new(
+        PredictionServiceServer::new(PredictionApi {
+            predictor,
+            session_idle_timeout_seconds: args.limits.session_idle_timeout as u32,
+        })
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max),
+        auth,
+    );
+
+    // Side listeners, stopped with the server.
+    let mut side_tasks = Vec::new();
+    if let Some(listener) = health_listener {
+        let health = health.clone();
+        // Reflection of health alone, so grpcurl can call it there too.
+        let health_reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        side_tasks.push(tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(health)
+                .add_service(health_reflection)
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the health listener failed");
+            }
+        }));
+    }
+    if let (Some(listener), Some(handle)) = (metrics_listener, metrics) {
+        side_tasks.push(tokio::spawn(crate::metrics::serve(
+            listener,
+            handle,
+            jobs.clone(),
+        )));
+    }
 
     let grace = Duration::from_secs(args.shutdown_grace);
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -187,7 +292,8 @@ pub async fn start(
         }
         let _ = drain_tx.send(true);
     });
-    let router = tonic::transport::Server::builder()
+    let router = builder
+        .layer(RpcLayer)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -201,7 +307,7 @@ pub async fn start(
                 let _ = drain_rx.wait_for(|d| *d).await;
             });
         // Open streams can hold a graceful shutdown forever (tonic #1820).
-        tokio::select! {
+        let result = tokio::select! {
             r = serve => r.context("gRPC server failed"),
             _ = async {
                 let Ok(deadline) = deadline_rx.wait_for(Option::is_some).await.map(|d| d.expect("is some")) else {
@@ -212,14 +318,30 @@ pub async fn start(
                 tracing::warn!(grace_seconds = grace.as_secs(), "calls still open after the grace period; exiting");
                 Ok(())
             }
+        };
+        for task in side_tasks {
+            task.abort();
         }
+        result
     });
     reporter
         .set_service_status("", ServingStatus::Serving)
         .await;
-    tracing::info!(%addr, data_dir = %args.data_dir.display(), device = %args.device, "lstmd serving");
+    tracing::info!(
+        %addr,
+        tls = args.security.tls_cert.is_some(),
+        mtls = args.security.tls_client_ca.is_some(),
+        auth = args.security.auth_token_file.is_some(),
+        metrics = %metrics_addr.map_or_else(|| "off".into(), |a| a.to_string()),
+        health_only = %health_addr.map_or_else(|| "off".into(), |a| a.to_string()),
+        data_dir = %args.data_dir.display(),
+        device = %args.device,
+        "lstmd serving"
+    );
     Ok(RunningServer {
         addr,
+        metrics_addr,
+        health_addr,
         shutdown: Some(stop_tx),
         task,
         store: store_handle,

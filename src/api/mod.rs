@@ -1,10 +1,12 @@
 //! Transport only: tonic services, proto <-> domain conversion, status
-//! codes. Never touches candle.
+//! codes, the auth interceptor, the per-call layer. Never touches candle.
+pub mod auth;
 pub mod convert;
 pub mod datasets;
 pub mod jobs;
 pub mod models;
 pub mod prediction;
+pub mod rpc;
 pub mod status;
 
 pub use datasets::DatasetApi;

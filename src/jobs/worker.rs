@@ -67,8 +67,21 @@ impl Observer<'_> {
     }
 }
 
+/// `lstmd_training_samples_per_second` of this worker thread.
+fn samples_per_second(value: f64) {
+    let worker = std::thread::current()
+        .name()
+        .unwrap_or("worker")
+        .to_string();
+    metrics::gauge!("lstmd_training_samples_per_second", "worker" => worker).set(value);
+}
+
 impl TrainObserver for Observer<'_> {
     fn event(&mut self, event: TrainEvent) {
+        match &event {
+            TrainEvent::Batch(b) => samples_per_second(b.samples_per_second),
+            TrainEvent::Epoch { metrics, .. } => samples_per_second(metrics.samples_per_second),
+        }
         self.send(match event {
             TrainEvent::Batch(b) => EventKind::Batch(b),
             TrainEvent::Epoch {
@@ -147,6 +160,7 @@ pub(super) fn run_job(context: &WorkerContext, item: WorkItem) {
             })
         }
     };
+    samples_per_second(0.0);
     let _ = context.commands.send(Command::WorkDone {
         id: item.id.clone(),
         outcome,

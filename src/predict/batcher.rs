@@ -115,6 +115,9 @@ async fn run(
                 .unwrap_or_default(),
         };
         tracing::trace!(?stats, "forward pass");
+        for (_, queued) in &batch {
+            metrics::histogram!("lstmd_predict_queue_seconds").record(queued.elapsed());
+        }
         passes.fetch_add(1, Ordering::Relaxed);
         let all: Vec<Vec<u32>> = batch
             .iter()

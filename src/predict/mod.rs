@@ -183,7 +183,7 @@ impl Predictor {
         let registry = Arc::clone(&self.registry);
         let device = self.device.clone();
         let batching = self.limits.batching;
-        let (model, _hit) = self
+        let (model, hit) = self
             .cache
             .get_or_load(key, || async move {
                 let model = tokio::task::spawn_blocking(move || load(&registry, meta, &device))
@@ -205,6 +205,14 @@ impl Predictor {
                 ))
             })
             .await?;
+        if hit {
+            metrics::counter!("lstmd_model_cache_hits_total").increment(1);
+        } else {
+            metrics::counter!("lstmd_model_cache_misses_total").increment(1);
+            let (models, bytes) = self.cache.loaded();
+            metrics::gauge!("lstmd_model_cache_models").set(models as f64);
+            metrics::gauge!("lstmd_model_cache_loaded_bytes").set(bytes as f64);
+        }
         Ok(model)
     }
 
@@ -285,6 +293,7 @@ impl Predictor {
                 ),
             )
         })?;
+        metrics::histogram!("lstmd_predict_batch_sequences").record(sequences.len() as f64);
         let model = self.model(name, version).await?;
         let k = check_range(
             "top_k",

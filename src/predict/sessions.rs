@@ -39,6 +39,7 @@ impl Sessions {
             Ok(s) => s.last_used.elapsed() < self.idle_timeout,
             Err(_) => true, // in use right now
         });
+        metrics::gauge!("lstmd_sessions_open").set(map.len() as f64);
     }
 
     /// A new session on `model`, or None when the maximum is reached.
@@ -58,6 +59,7 @@ impl Sessions {
                 last_used: Instant::now(),
             })),
         );
+        metrics::gauge!("lstmd_sessions_open").set(map.len() as f64);
         Some(id)
     }
 

@@ -300,3 +300,62 @@ pub async fn wait_for_state(
     }
     panic!("the stream ended before a state event with {needle:?}: {seen:?}");
 }
+
+/// The generated clients on an existing channel (TLS, tokens, ...).
+pub fn clients(channel: Channel) -> Clients {
+    Clients {
+        datasets: DatasetServiceClient::new(channel.clone()),
+        jobs: JobServiceClient::new(channel.clone()),
+        models: ModelServiceClient::new(channel.clone()),
+        predict: PredictionServiceClient::new(channel.clone()),
+        channel,
+    }
+}
+
+/// A plain HTTP/1.1 GET: (status code, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("the HTTP listener accepts");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .expect("an HTTP response has a head");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    (status, body.to_string())
+}
+
+/// The value of a Prometheus sample `name{labels}` whose labels include
+/// every pair of `labels` (0 when absent).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest),
+                None => (series, ""),
+            };
+            (n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// The metrics text of a server started with `metrics_listen`.
+pub async fn scrape(server: &RunningServer) -> String {
+    let (status, body) = http_get(server.metrics_addr.expect("metrics are on"), "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
