@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::fused;
 use super::naming::{self, direction_names, DENSE_BIAS, DENSE_WEIGHT, EMBEDDING};
 use super::recurrent::{DirectionWeights, RecurrentLayer};
 use super::spec::ModelSpec;
@@ -15,10 +16,10 @@ use super::NnError;
 #[derive(Clone, Debug)]
 pub struct Network {
     pub spec: ModelSpec,
-    embedding: Tensor,
-    layers: Vec<RecurrentLayer>,
-    dense_weight: Tensor,
-    dense_bias: Tensor,
+    pub(crate) embedding: Tensor,
+    pub(crate) layers: Vec<RecurrentLayer>,
+    pub(crate) dense_weight: Tensor,
+    pub(crate) dense_bias: Tensor,
 }
 
 /// Seeded inverted dropout, so training runs are reproducible.
@@ -49,6 +50,30 @@ impl Dropout {
                 }
             })
             .collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        x * mask
+    }
+
+    /// [`Dropout::apply`] to a time-major `x` [T, B, W]: the same mask, and
+    /// the same random draws, as `apply` gives the batch-major [B, T, W].
+    pub fn apply_time_major(&mut self, x: &Tensor, p: f32) -> candle_core::Result<Tensor> {
+        if p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let (t, b, w) = x.dims3()?;
+        let keep = 1.0 / (1.0 - p);
+        let mut mask = vec![0.0f32; x.elem_count()];
+        for bi in 0..b {
+            for ti in 0..t {
+                for m in &mut mask[(ti * b + bi) * w..][..w] {
+                    *m = if self.rng.random::<f32>() < p {
+                        0.0
+                    } else {
+                        keep
+                    };
+                }
+            }
+        }
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         x * mask
     }
@@ -116,7 +141,23 @@ impl Network {
 
     /// `ids`: u32 [B, T] -> logits [B, vocab]. With `dropout`, the spec's
     /// dropout layers are active (training); without, they are identity.
+    /// f32 on the CPU runs the fused kernels; anything else the composed
+    /// candle ops. Both give the same values and gradients (to rounding)
+    /// and, from the same `Dropout`, the same masks.
     pub fn forward(
+        &self,
+        ids: &Tensor,
+        dropout: Option<&mut Dropout>,
+    ) -> candle_core::Result<Tensor> {
+        if fused::supported(&self.embedding) {
+            self.forward_fused(ids, dropout)
+        } else {
+            self.forward_composed(ids, dropout)
+        }
+    }
+
+    /// The forward pass from candle tensor ops (any device and dtype).
+    pub fn forward_composed(
         &self,
         ids: &Tensor,
         mut dropout: Option<&mut Dropout>,
@@ -134,6 +175,36 @@ impl Network {
             x = layer.forward(&x, i < last)?;
             if let Some(d) = dropout.as_deref_mut() {
                 x = d.apply(&x, layer.spec.dropout)?;
+            }
+        }
+        x.matmul(&self.dense_weight.t()?)?
+            .broadcast_add(&self.dense_bias)
+    }
+
+    /// The forward pass through the fused recurrent kernels (f32, CPU),
+    /// time-major inside.
+    pub fn forward_fused(
+        &self,
+        ids: &Tensor,
+        mut dropout: Option<&mut Dropout>,
+    ) -> candle_core::Result<Tensor> {
+        let (batch, steps) = ids.dims2()?;
+        let mut x = self
+            .embedding
+            .index_select(&ids.t()?.contiguous()?.flatten_all()?, 0)?
+            .reshape((steps, batch, self.spec.embedding_dim))?;
+        if let Some(d) = dropout.as_deref_mut() {
+            x = d.apply_time_major(&x, self.spec.embedding_dropout)?;
+        }
+        let last = self.layers.len() - 1;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = fused::layer_forward(layer, &x, i < last)?;
+            if let Some(d) = dropout.as_deref_mut() {
+                x = if i < last {
+                    d.apply_time_major(&x, layer.spec.dropout)?
+                } else {
+                    d.apply(&x, layer.spec.dropout)?
+                };
             }
         }
         x.matmul(&self.dense_weight.t()?)?

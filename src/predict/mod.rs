@@ -8,6 +8,7 @@ use tokio::sync::{OnceCell, Semaphore};
 
 use crate::data::vocabulary::check_ids;
 use crate::error::{check_range, InvalidField};
+use crate::nn::fused::Engine;
 use crate::nn::metadata::ModelInfo;
 use crate::nn::{Network, NnError};
 use crate::store::{ModelRegistry, StoreError};
@@ -68,6 +69,22 @@ pub struct LoadedModel {
     pub version: u32,
     pub info: ModelInfo,
     pub network: Network,
+    /// The fused inference engine, for models served from the CPU in f32.
+    pub engine: Option<Engine>,
+}
+
+impl LoadedModel {
+    /// Softmax over the vocabulary for each sequence: the fused engine
+    /// where there is one, the network's forward pass otherwise.
+    pub fn next_token_probabilities(
+        &self,
+        sequences: &[Vec<u32>],
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
+        match &self.engine {
+            Some(engine) => Ok(engine_probabilities(engine, sequences)),
+            None => next_token_probabilities(&self.network, sequences),
+        }
+    }
 }
 
 type Key = (String, u32);
@@ -187,11 +204,9 @@ impl Predictor {
             encoded.push(ids);
         }
         let model2 = Arc::clone(&model);
-        let probs = tokio::task::spawn_blocking(move || {
-            next_token_probabilities(&model2.network, &encoded)
-        })
-        .await
-        .expect("inference does not panic")?;
+        let probs = tokio::task::spawn_blocking(move || model2.next_token_probabilities(&encoded))
+            .await
+            .expect("inference does not panic")?;
         let vocabulary = model.info.vocabulary();
         let top = probs
             .iter()
@@ -230,26 +245,51 @@ fn load(
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
     let network =
         Network::from_tensors(&info.spec, &tensors).map_err(|e: NnError| corrupt(e.to_string()))?;
+    let engine = Engine::new(&network)?;
     Ok(Arc::new(LoadedModel {
         name: meta.name,
         version: meta.version,
         info,
         network,
+        engine,
     }))
 }
 
-/// Softmax over the vocabulary for each sequence. Sequences are grouped by
-/// length, so no padding enters any result.
-pub fn next_token_probabilities(
-    network: &Network,
-    sequences: &[Vec<u32>],
-) -> candle_core::Result<Vec<Vec<f32>>> {
+/// Groups sequences by length, so no padding enters any result.
+fn by_length(sequences: &[Vec<u32>]) -> BTreeMap<usize, Vec<usize>> {
     let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, s) in sequences.iter().enumerate() {
         by_len.entry(s.len()).or_default().push(i);
     }
+    by_len
+}
+
+/// [`LoadedModel::next_token_probabilities`] through the fused engine.
+fn engine_probabilities(engine: &Engine, sequences: &[Vec<u32>]) -> Vec<Vec<f32>> {
+    let v = engine.vocab_size();
     let mut out = vec![Vec::new(); sequences.len()];
-    for (len, members) in by_len {
+    for (len, members) in by_length(sequences) {
+        let flat: Vec<u32> = members
+            .iter()
+            .flat_map(|&i| sequences[i].iter().copied())
+            .collect();
+        let probs = engine.probabilities(&flat, members.len(), len);
+        for (row, i) in probs.chunks_exact(v).zip(members) {
+            out[i] = row.to_vec();
+        }
+    }
+    out
+}
+
+/// Softmax over the vocabulary for each sequence, through candle tensor
+/// ops (any device). Sequences are grouped by length, so no padding enters
+/// any result.
+pub fn next_token_probabilities(
+    network: &Network,
+    sequences: &[Vec<u32>],
+) -> candle_core::Result<Vec<Vec<f32>>> {
+    let mut out = vec![Vec::new(); sequences.len()];
+    for (len, members) in by_length(sequences) {
         let flat: Vec<u32> = members
             .iter()
             .flat_map(|&i| sequences[i].iter().copied())

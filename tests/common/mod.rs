@@ -97,7 +97,7 @@ pub fn epochs(events: &[pb::JobEvent]) -> Vec<pb::EpochMetrics> {
     events
         .iter()
         .filter_map(|e| match &e.kind {
-            Some(pb::job_event::Kind::Epoch(ep)) => ep.metrics.clone(),
+            Some(pb::job_event::Kind::Epoch(ep)) => ep.metrics,
             _ => None,
         })
         .collect()
