@@ -6,7 +6,11 @@
 //! Optional argument: a substring; only configs whose name holds it run.
 //! Environment: `BENCH_SECONDS` (timed loop length, default 1.0),
 //! `LSTMD_KERNEL_THREADS` (fused kernels' workers, default all cores),
-//! `RAYON_NUM_THREADS` (candle's matmul threads; default 1, the server's).
+//! `RAYON_NUM_THREADS` (candle's matmul threads; default 1, the server's);
+//! `BENCH_PROFILE=train|composed|infer1|infer1024` runs only that loop,
+//! for about `BENCH_SECONDS`, on the selected configs at batch
+//! `BENCH_ROWS` (default 64; training), to run under a profiler; it also
+//! prints the rate per CPU-second.
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor, Var};
@@ -132,6 +136,17 @@ fn train_rate(spec: &ModelSpec, rows: usize, use_fused: bool) -> f64 {
     steps_per_s * rows as f64
 }
 
+/// Fused inference calls per second at `rows` sequences.
+fn fused_infer_rate(spec: &ModelSpec, rows: usize) -> f64 {
+    let named = initial_parameters(spec, 7, &Device::Cpu).unwrap();
+    let net = Network::from_tensors(spec, &named.into_iter().collect()).unwrap();
+    let engine = Engine::new(&net).unwrap().expect("CPU f32 network");
+    let (ids, _) = random_batch(spec, rows, &mut ChaCha8Rng::seed_from_u64(2));
+    rate(|| {
+        std::hint::black_box(engine.probabilities(&ids, rows, spec.window));
+    })
+}
+
 /// (fused, composed) inference calls per second at `rows` sequences.
 fn infer_rate(spec: &ModelSpec, rows: usize) -> (f64, f64) {
     let named = initial_parameters(spec, 7, &Device::Cpu).unwrap();
@@ -148,6 +163,18 @@ fn infer_rate(spec: &ModelSpec, rows: usize) -> (f64, f64) {
         std::hint::black_box(candle_nn::ops::softmax_last_dim(&logits).unwrap());
     });
     (fused_rate, composed_rate)
+}
+
+/// CPU time this process has used (user + system), from /proc.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    // utime and stime, fields 14 and 15, are the 12th and 13th after ')'.
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
 }
 
 fn main() {
@@ -169,6 +196,33 @@ fn main() {
         "{:<14} {:>5} {:>16} {:>16} {:>8}",
         "train", "batch", "fused samples/s", "composed", "speedup"
     );
+    if let Ok(what) = std::env::var("BENCH_PROFILE") {
+        let rows: usize = std::env::var("BENCH_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(64);
+        for (name, spec) in configs()
+            .iter()
+            .filter(|(n, _)| n.contains(filter.as_str()))
+        {
+            let cpu0 = cpu_seconds();
+            let t0 = Instant::now();
+            let r = match what.as_str() {
+                "train" => train_rate(spec, rows, true),
+                "composed" => train_rate(spec, rows, false),
+                "infer1" => fused_infer_rate(spec, 1),
+                _ => 1024.0 * fused_infer_rate(spec, 1024),
+            };
+            // Work per CPU-second is steadier than per wall-second on a
+            // shared machine (with one kernel thread).
+            let busy = (cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64();
+            println!(
+                "{name} {what} b{rows}: {r:.1} per s, {:.1} per CPU-s ({busy:.2} cores busy)",
+                r / busy
+            );
+        }
+        return;
+    }
     let mut dropout_b64 = None;
     let selected: Vec<_> = configs()
         .into_iter()

@@ -155,6 +155,18 @@ fn fused_layers_match_composed_values_and_gradients() {
 }
 
 #[test]
+fn agreement_holds_with_gemm_for_every_product() {
+    // The whole-sequence products go to gemm from a size on; force it here
+    // (other tests may run meanwhile: both ways are correct).
+    fused::matmul::set_gemm_min_macs(0);
+    for cell in [Cell::Lstm, Cell::Gru, Cell::Rnn] {
+        let s = spec(cell, true, &[9, 6], 0.0);
+        check_agreement(&s, 21, 5, false, &format!("{cell:?} through gemm"));
+    }
+    fused::matmul::set_gemm_min_macs(1 << 23);
+}
+
+#[test]
 fn dropout_masks_and_gradients_agree() {
     for cell in [Cell::Lstm, Cell::Gru, Cell::Rnn] {
         let s = spec(cell, true, &[8, 7], 0.3);

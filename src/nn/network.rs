@@ -34,22 +34,36 @@ impl Dropout {
         }
     }
 
+    /// The mask for `n` elements, in draw order: 0 with probability `p`,
+    /// 1 / (1 - p) otherwise. Draws the random words in bulk; element i
+    /// is dropped when the i-th `f32` `rng.random()` would give would be
+    /// below `p` (the same 24 high bits, compared as an integer).
+    fn mask(&mut self, n: usize, p: f32) -> Vec<f32> {
+        let keep = 1.0 / (1.0 - p);
+        let mut words = vec![0u32; n];
+        self.rng.fill(&mut words[..]);
+        // u >> 8 < p * 2^24  <=>  (u >> 8) as f32 * 2^-24 < p (exact: both
+        // sides are scaled by a power of two).
+        let threshold = p * (1u32 << 24) as f32;
+        words
+            .iter()
+            .map(|&u| {
+                if ((u >> 8) as f32) < threshold {
+                    0.0
+                } else {
+                    keep
+                }
+            })
+            .collect()
+    }
+
     /// Zeroes each element with probability `p` and scales the rest by
     /// 1 / (1 - p).
     pub fn apply(&mut self, x: &Tensor, p: f32) -> candle_core::Result<Tensor> {
         if p <= 0.0 {
             return Ok(x.clone());
         }
-        let keep = 1.0 / (1.0 - p);
-        let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| {
-                if self.rng.random::<f32>() < p {
-                    0.0
-                } else {
-                    keep
-                }
-            })
-            .collect();
+        let mask = self.mask(x.elem_count(), p);
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         x * mask
     }
@@ -61,17 +75,11 @@ impl Dropout {
             return Ok(x.clone());
         }
         let (t, b, w) = x.dims3()?;
-        let keep = 1.0 / (1.0 - p);
-        let mut mask = vec![0.0f32; x.elem_count()];
-        for bi in 0..b {
-            for ti in 0..t {
-                for m in &mut mask[(ti * b + bi) * w..][..w] {
-                    *m = if self.rng.random::<f32>() < p {
-                        0.0
-                    } else {
-                        keep
-                    };
-                }
+        let drawn = self.mask(x.elem_count(), p);
+        let mut mask = vec![0.0f32; drawn.len()];
+        for (bi, rows) in drawn.chunks_exact(t * w).enumerate() {
+            for (ti, row) in rows.chunks_exact(w).enumerate() {
+                mask[(ti * b + bi) * w..][..w].copy_from_slice(row);
             }
         }
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
@@ -242,4 +250,29 @@ pub fn initial_parameters(
         ));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bulk_mask_matches_one_draw_per_element() {
+        let p = 0.37;
+        let mut bulk = Dropout::new(9);
+        let mut single = ChaCha8Rng::seed_from_u64(9);
+        for n in [1, 7, 64, 1000] {
+            let keep = 1.0 / (1.0 - p);
+            let want: Vec<f32> = (0..n)
+                .map(|_| {
+                    if single.random::<f32>() < p {
+                        0.0
+                    } else {
+                        keep
+                    }
+                })
+                .collect();
+            assert_eq!(bulk.mask(n, p), want);
+        }
+    }
 }

@@ -10,7 +10,7 @@ use candle_core::{
     backprop::GradStore, bail, CpuStorage, DType, InplaceOp1, Layout, Result, Tensor, Var,
 };
 
-use crate::nn::fused;
+use crate::nn::fused::{self, simd::multiversion};
 
 pub struct Adam {
     params: Vec<Var>,
@@ -158,7 +158,19 @@ impl InplaceOp1 for AdamUpdate {
                     }
                     let mut m_new = vec![0.0f32; p.len()];
                     let mut v_new = vec![0.0f32; p.len()];
-                    update(p, g, m, v, &mut m_new, &mut v_new, c);
+                    // SAFETY: all six buffers hold p.len() floats.
+                    unsafe {
+                        update(
+                            p.len(),
+                            p.as_mut_ptr(),
+                            g.as_ptr(),
+                            m.as_ptr(),
+                            v.as_ptr(),
+                            m_new.as_mut_ptr(),
+                            v_new.as_mut_ptr(),
+                            c,
+                        )
+                    };
                     *self.moments.lock().unwrap_or_else(|e| e.into_inner()) = (m_new, v_new);
                     Ok(())
                 })
@@ -167,7 +179,35 @@ impl InplaceOp1 for AdamUpdate {
     }
 }
 
-fn update(
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn update_impl<const FMA: bool>(
+    n: usize,
+    p: *mut f32,
+    g: *const f32,
+    m: *const f32,
+    v: *const f32,
+    m_new: *mut f32,
+    v_new: *mut f32,
+    c: Coefficients,
+) {
+    // SAFETY: the caller passes n-element buffers; `p`, `m_new` and `v_new`
+    // are written and overlap nothing.
+    unsafe {
+        update_kernel(
+            std::slice::from_raw_parts_mut(p, n),
+            std::slice::from_raw_parts(g, n),
+            std::slice::from_raw_parts(m, n),
+            std::slice::from_raw_parts(v, n),
+            std::slice::from_raw_parts_mut(m_new, n),
+            std::slice::from_raw_parts_mut(v_new, n),
+            c,
+        )
+    }
+}
+
+#[inline(always)]
+fn update_kernel(
     p: &mut [f32],
     g: &[f32],
     m: &[f32],
@@ -185,4 +225,18 @@ fn update(
         v_new[i] = vi;
         p[i] -= c.step_size * mi / ((vi * c.inv_bc2).sqrt() + c.epsilon);
     }
+}
+
+multiversion! {
+    /// One Adam update of n parameters.
+    fn update(
+        n: usize,
+        p: *mut f32,
+        g: *const f32,
+        m: *const f32,
+        v: *const f32,
+        m_new: *mut f32,
+        v_new: *mut f32,
+        c: Coefficients,
+    ) => update_impl
 }

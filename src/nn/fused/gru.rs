@@ -44,16 +44,37 @@ fn forward_rows_impl<const FMA: bool>(
         let (az, an) = rest.split_at_mut(h);
         let (hr, rest) = hw.split_at(h);
         let (hz, hn) = rest.split_at(h);
-        for j in 0..h {
-            let rg = sigmoid::<FMA>(ar[j] + hr[j]);
-            let zg = sigmoid::<FMA>(az[j] + hz[j]);
-            let ng = tanh::<FMA>(an[j] + rg * hn[j]);
-            ar[j] = rg;
-            az[j] = zg;
-            an[j] = ng;
-            hn_keep[j] = hn[j];
-            o_row[j] = ng + zg * (hp[j] - ng);
-        }
+        forward_kernel::<FMA>(ar, az, an, hr, hz, hn, hp, hn_keep, o_row);
+    }
+}
+
+/// One row's forward. Separate slice arguments tell the compiler they do
+/// not overlap, so the loop vectorises without run-time alias checks.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn forward_kernel<const FMA: bool>(
+    ar: &mut [f32],
+    az: &mut [f32],
+    an: &mut [f32],
+    hr: &[f32],
+    hz: &[f32],
+    hn: &[f32],
+    hp: &[f32],
+    hn_keep: &mut [f32],
+    out: &mut [f32],
+) {
+    let h = out.len();
+    let (ar, az, an, hn_keep) = (&mut ar[..h], &mut az[..h], &mut an[..h], &mut hn_keep[..h]);
+    let (hr, hz, hn, hp) = (&hr[..h], &hz[..h], &hn[..h], &hp[..h]);
+    for j in 0..h {
+        let rg = sigmoid::<FMA>(ar[j] + hr[j]);
+        let zg = sigmoid::<FMA>(az[j] + hz[j]);
+        let ng = tanh::<FMA>(an[j] + rg * hn[j]);
+        ar[j] = rg;
+        az[j] = zg;
+        an[j] = ng;
+        hn_keep[j] = hn[j];
+        out[j] = ng + zg * (hp[j] - ng);
     }
 }
 
@@ -107,18 +128,35 @@ fn backward_rows_impl<const FMA: bool>(
         };
         let (ar, rest) = a.split_at_mut(h);
         let (az, an) = rest.split_at_mut(h);
-        for j in 0..h {
-            let (rg, zg, ng, hn) = (ar[j], az[j], an[j], hn_keep[j]);
-            let dht = dh[j] + dy[j];
-            let dn = dht * (1.0 - zg) * (1.0 - ng * ng);
-            let dz = dht * (hp[j] - ng) * zg * (1.0 - zg);
-            let dr = dn * hn * rg * (1.0 - rg);
-            ar[j] = dr;
-            az[j] = dz;
-            an[j] = dn;
-            hn_keep[j] = dn * rg;
-            dh[j] = dht * zg;
-        }
+        backward_kernel(ar, az, an, hp, hn_keep, dh, dy);
+    }
+}
+
+/// One row's backward (separate slices: no run-time alias checks).
+#[inline(always)]
+fn backward_kernel(
+    ar: &mut [f32],
+    az: &mut [f32],
+    an: &mut [f32],
+    hp: &[f32],
+    hn_keep: &mut [f32],
+    dh: &mut [f32],
+    dy: &[f32],
+) {
+    let h = dh.len();
+    let (ar, az, an, hn_keep) = (&mut ar[..h], &mut az[..h], &mut an[..h], &mut hn_keep[..h]);
+    let (hp, dy) = (&hp[..h], &dy[..h]);
+    for j in 0..h {
+        let (rg, zg, ng, hn) = (ar[j], az[j], an[j], hn_keep[j]);
+        let dht = dh[j] + dy[j];
+        let dn = dht * (1.0 - zg) * (1.0 - ng * ng);
+        let dz = dht * (hp[j] - ng) * zg * (1.0 - zg);
+        let dr = dn * hn * rg * (1.0 - rg);
+        ar[j] = dr;
+        az[j] = dz;
+        an[j] = dn;
+        hn_keep[j] = dn * rg;
+        dh[j] = dht * zg;
     }
 }
 

@@ -6,8 +6,8 @@ use std::cell::RefCell;
 
 use candle_core::{DType, Result, Tensor};
 
-use super::matmul::{matmul, Mat, MatMut};
-use super::sequence::{self, Dims, State};
+use super::matmul::small_matmul;
+use super::sequence::{self, Dims, Prepared, State};
 use super::{loss::softmax_row, threads};
 use crate::nn::spec::Cell;
 use crate::nn::Network;
@@ -17,7 +17,7 @@ struct Layer {
     units: usize,
     dirs: usize,
     input: usize,
-    params: Vec<f32>,
+    weights: Prepared,
 }
 
 /// A network ready for fused inference on the CPU.
@@ -26,7 +26,8 @@ pub struct Engine {
     embedding_dim: usize,
     embedding: Vec<f32>,
     layers: Vec<Layer>,
-    dense_weight: Vec<f32>,
+    /// The dense weight transposed, [W, vocab].
+    dense_weight_t: Vec<f32>,
     dense_bias: Vec<f32>,
 }
 
@@ -59,12 +60,21 @@ impl Engine {
         let mut layers = Vec::new();
         let mut input = network.spec.embedding_dim;
         for layer in &network.layers {
+            let params = to_vec(&super::op::pack_parameters(layer)?.detach())?;
+            let dims = Dims {
+                cell: layer.spec.cell,
+                steps: 1,
+                batch: 1,
+                input,
+                units: layer.spec.units,
+                dirs: layer.spec.directions(),
+            };
             layers.push(Layer {
                 cell: layer.spec.cell,
                 units: layer.spec.units,
                 dirs: layer.spec.directions(),
                 input,
-                params: to_vec(&super::op::pack_parameters(layer)?.detach())?,
+                weights: sequence::prepare(&dims, &params),
             });
             input = layer.spec.output_width();
         }
@@ -73,7 +83,7 @@ impl Engine {
             embedding_dim: network.spec.embedding_dim,
             embedding: to_vec(&network.embedding.detach())?,
             layers,
-            dense_weight: to_vec(&network.dense_weight.detach())?,
+            dense_weight_t: to_vec(&network.dense_weight.detach().t()?.contiguous()?)?,
             dense_bias: to_vec(&network.dense_bias.detach())?,
         }))
     }
@@ -130,7 +140,7 @@ impl Engine {
                 units: layer.units,
                 dirs: layer.dirs,
             };
-            sequence::forward(&d, &s.input, &layer.params, &mut s.state, false);
+            sequence::forward(&d, &s.input, &layer.weights, &mut s.state, false);
             std::mem::swap(&mut s.input, &mut s.state.h);
             dims = Some(d);
         }
@@ -143,15 +153,18 @@ impl Engine {
         }
         // SAFETY: shapes as named; buffers distinct.
         unsafe {
-            matmul(
+            small_matmul(
                 rows,
                 v,
                 w,
-                MatMut::rows(&mut s.logits, v),
-                true,
-                Mat::rows(&s.last, w),
-                Mat::rows(&self.dense_weight, w).t(),
+                s.last.as_ptr(),
+                w,
                 1,
+                self.dense_weight_t.as_ptr(),
+                v,
+                s.logits.as_mut_ptr(),
+                v,
+                true,
             );
             for r in 0..rows {
                 softmax_row(s.logits[r * v..].as_ptr(), out[r * v..].as_mut_ptr(), v);

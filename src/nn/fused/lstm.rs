@@ -39,21 +39,41 @@ fn forward_rows_impl<const FMA: bool>(
         let (af, rest) = rest.split_at_mut(h);
         let (ag, ao) = rest.split_at_mut(h);
         let (c, tc) = ext.split_at_mut(h);
-        for j in 0..h {
-            let i = sigmoid::<FMA>(ai[j]);
-            let f = sigmoid::<FMA>(af[j]);
-            let g = tanh::<FMA>(ag[j]);
-            let o = sigmoid::<FMA>(ao[j]);
-            let cn = f * c_prev[j] + i * g;
-            let t = tanh::<FMA>(cn);
-            ai[j] = i;
-            af[j] = f;
-            ag[j] = g;
-            ao[j] = o;
-            c[j] = cn;
-            tc[j] = t;
-            o_row[j] = o * t;
-        }
+        forward_kernel::<FMA>(ai, af, ag, ao, c_prev, c, tc, o_row);
+    }
+}
+
+/// One row's forward. Separate slice arguments tell the compiler they do
+/// not overlap, so the loop vectorises without run-time alias checks.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn forward_kernel<const FMA: bool>(
+    ai: &mut [f32],
+    af: &mut [f32],
+    ag: &mut [f32],
+    ao: &mut [f32],
+    c_prev: &[f32],
+    c: &mut [f32],
+    tc: &mut [f32],
+    out: &mut [f32],
+) {
+    let h = out.len();
+    let (ai, af, ag, ao) = (&mut ai[..h], &mut af[..h], &mut ag[..h], &mut ao[..h]);
+    let (c_prev, c, tc) = (&c_prev[..h], &mut c[..h], &mut tc[..h]);
+    for j in 0..h {
+        let i = sigmoid::<FMA>(ai[j]);
+        let f = sigmoid::<FMA>(af[j]);
+        let g = tanh::<FMA>(ag[j]);
+        let o = sigmoid::<FMA>(ao[j]);
+        let cn = f * c_prev[j] + i * g;
+        let t = tanh::<FMA>(cn);
+        ai[j] = i;
+        af[j] = f;
+        ag[j] = g;
+        ao[j] = o;
+        c[j] = cn;
+        tc[j] = t;
+        out[j] = o * t;
     }
 }
 
@@ -108,17 +128,36 @@ fn backward_rows_impl<const FMA: bool>(
         let (ai, rest) = a.split_at_mut(h);
         let (af, rest) = rest.split_at_mut(h);
         let (ag, ao) = rest.split_at_mut(h);
-        let tc = &ext[h..2 * h];
-        for j in 0..h {
-            let (i, f, g, o, t) = (ai[j], af[j], ag[j], ao[j], tc[j]);
-            let dht = dh[j] + dy[j];
-            let dcj = dc[j] + dht * o * (1.0 - t * t);
-            ai[j] = dcj * g * i * (1.0 - i);
-            af[j] = dcj * c_prev[j] * f * (1.0 - f);
-            ag[j] = dcj * i * (1.0 - g * g);
-            ao[j] = dht * t * o * (1.0 - o);
-            dc[j] = dcj * f;
-        }
+        backward_kernel(ai, af, ag, ao, c_prev, &ext[h..2 * h], dh, dy, dc);
+    }
+}
+
+/// One row's backward (separate slices: no run-time alias checks).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_kernel(
+    ai: &mut [f32],
+    af: &mut [f32],
+    ag: &mut [f32],
+    ao: &mut [f32],
+    c_prev: &[f32],
+    tc: &[f32],
+    dh: &[f32],
+    dy: &[f32],
+    dc: &mut [f32],
+) {
+    let h = dc.len();
+    let (ai, af, ag, ao) = (&mut ai[..h], &mut af[..h], &mut ag[..h], &mut ao[..h]);
+    let (c_prev, tc, dh, dy) = (&c_prev[..h], &tc[..h], &dh[..h], &dy[..h]);
+    for j in 0..h {
+        let (i, f, g, o, t) = (ai[j], af[j], ag[j], ao[j], tc[j]);
+        let dht = dh[j] + dy[j];
+        let dcj = dc[j] + dht * o * (1.0 - t * t);
+        ai[j] = dcj * g * i * (1.0 - i);
+        af[j] = dcj * c_prev[j] * f * (1.0 - f);
+        ag[j] = dcj * i * (1.0 - g * g);
+        ao[j] = dht * t * o * (1.0 - o);
+        dc[j] = dcj * f;
     }
 }
 

@@ -154,3 +154,316 @@ mod tests {
         }
     }
 }
+
+/// Rows a register block of [`small_matmul`] covers.
+const MR: usize = 6;
+
+/// One register block: `c[ROWS, NR] (+)= a[ROWS, k] b[k, NR]`, the
+/// accumulators held in registers for the whole k loop (ROWS * NR / 16
+/// AVX-512 registers). `a` is read one element at a time (broadcast), so
+/// any strides work; `b` rows are contiguous.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block<const FMA: bool, const ROWS: usize, const NR: usize>(
+    k: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let mut acc = [[0.0f32; NR]; ROWS];
+    if accumulate {
+        for (r, row) in acc.iter_mut().enumerate() {
+            *row = std::ptr::read_unaligned(c.add(r * ldc) as *const [f32; NR]);
+        }
+    }
+    for p in 0..k {
+        let bv = std::ptr::read_unaligned(b.add(p * ldb) as *const [f32; NR]);
+        let ap = a.add(p * a_cs);
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = *ap.add(r * a_rs);
+            for j in 0..NR {
+                row[j] = super::simd::madd::<FMA>(av, bv[j], row[j]);
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        std::ptr::write_unaligned(c.add(r * ldc) as *mut [f32; NR], *row);
+    }
+}
+
+/// All the row blocks of one column panel of width NR.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn panel<const FMA: bool, const NR: usize>(
+    m: usize,
+    k: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let mut r = 0;
+    while r + MR <= m {
+        let (ar, cr) = (a.add(r * a_rs), c.add(r * ldc));
+        block::<FMA, MR, NR>(k, ar, a_rs, a_cs, b, ldb, cr, ldc, accumulate);
+        r += MR;
+    }
+    let (a, c) = (a.add(r * a_rs), c.add(r * ldc));
+    match m - r {
+        0 => {}
+        1 => block::<FMA, 1, NR>(k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate),
+        2 => block::<FMA, 2, NR>(k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate),
+        3 => block::<FMA, 3, NR>(k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate),
+        4 => block::<FMA, 4, NR>(k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate),
+        _ => block::<FMA, 5, NR>(k, a, a_rs, a_cs, b, ldb, c, ldc, accumulate),
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn small_matmul_impl<const FMA: bool>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    // SAFETY: the caller's contract (see small_matmul).
+    unsafe {
+        let mut j = 0;
+        while j + 64 <= n {
+            let (bj, cj) = (b.add(j), c.add(j));
+            panel::<FMA, 64>(m, k, a, a_rs, a_cs, bj, ldb, cj, ldc, accumulate);
+            j += 64;
+        }
+        while j + 16 <= n {
+            let (bj, cj) = (b.add(j), c.add(j));
+            panel::<FMA, 16>(m, k, a, a_rs, a_cs, bj, ldb, cj, ldc, accumulate);
+            j += 16;
+        }
+        if j < n {
+            // The last columns, padded to a vector through small copies.
+            let w = n - j;
+            let mut bt = vec![0.0f32; k * 16];
+            for p in 0..k {
+                std::ptr::copy_nonoverlapping(b.add(p * ldb + j), bt.as_mut_ptr().add(p * 16), w);
+            }
+            let mut ct = vec![0.0f32; m * 16];
+            if accumulate {
+                for r in 0..m {
+                    std::ptr::copy_nonoverlapping(
+                        c.add(r * ldc + j),
+                        ct.as_mut_ptr().add(r * 16),
+                        w,
+                    );
+                }
+            }
+            panel::<FMA, 16>(
+                m,
+                k,
+                a,
+                a_rs,
+                a_cs,
+                bt.as_ptr(),
+                16,
+                ct.as_mut_ptr(),
+                16,
+                accumulate,
+            );
+            for r in 0..m {
+                std::ptr::copy_nonoverlapping(ct.as_ptr().add(r * 16), c.add(r * ldc + j), w);
+            }
+        }
+    }
+}
+
+super::simd::multiversion! {
+    /// `c[m, n] (+)= a[m, k] b[k, n]`: `a` with any strides (element
+    /// (r, p) at `a + r * a_rs + p * a_cs`), `b` and `c` row-major with
+    /// contiguous columns. Register-blocked, no packing: small and
+    /// medium products cost their arithmetic and little else.
+    pub fn small_matmul(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: *const f32,
+        a_rs: usize,
+        a_cs: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) => small_matmul_impl
+}
+
+/// Products at least this large (in multiply-adds) go to gemm, whose
+/// packing and cache blocking pay off there.
+static GEMM_MIN_MACS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(usize::MAX);
+
+/// Sets the size from which [`product`] hands products to gemm.
+pub fn set_gemm_min_macs(macs: usize) {
+    GEMM_MIN_MACS.store(macs, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `dst[m, n] (+)= a[m, k] b[k, n]` with `b` row-major (columns
+/// contiguous), over up to `threads` workers of the kernel pool (row
+/// blocks), through the register-blocked kernel or, for large products,
+/// gemm.
+///
+/// # Safety
+/// As for [`matmul`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: MatMut,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    threads: usize,
+) {
+    debug_assert_eq!(b.cs, 1, "b is row-major");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if m * n * k >= GEMM_MIN_MACS.load(std::sync::atomic::Ordering::Relaxed) {
+        return super::threads::install(|| matmul(m, n, k, dst, accumulate, a, b, threads));
+    }
+    let chunks = threads.min(m.div_ceil(MR)).max(1);
+    super::threads::for_each(chunks, |i| {
+        // Capture the views whole (they are Send + Sync; their pointer
+        // fields alone are not).
+        let (a, b, dst) = (&a, &b, &dst);
+        // Row blocks of whole register blocks.
+        let blocks = m.div_ceil(MR);
+        let (r0, r1) = (
+            (blocks * i / chunks * MR).min(m),
+            (blocks * (i + 1) / chunks * MR).min(m),
+        );
+        if r1 > r0 {
+            small_matmul(
+                r1 - r0,
+                n,
+                k,
+                a.ptr.offset(r0 as isize * a.rs),
+                a.rs as usize,
+                a.cs as usize,
+                b.ptr,
+                b.rs as usize,
+                dst.ptr.add(r0 * dst.ld),
+                dst.ld,
+                accumulate,
+            );
+        }
+    });
+}
+
+#[cfg(test)]
+mod small_tests {
+    use super::*;
+
+    #[test]
+    fn small_products_match_naive() {
+        for (m, n, k) in [
+            (1, 1, 1),
+            (7, 100, 9),
+            (13, 64, 33),
+            (6, 80, 5),
+            (32, 256, 64),
+            (5, 15, 0),
+        ] {
+            let a: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7) % 11) as f32 * 0.1 - 0.5)
+                .collect();
+            let b: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 5) % 13) as f32 * 0.1 - 0.6)
+                .collect();
+            for accumulate in [false, true] {
+                let mut c = vec![0.25f32; m * n];
+                unsafe {
+                    small_matmul(
+                        m,
+                        n,
+                        k,
+                        a.as_ptr(),
+                        k,
+                        1,
+                        b.as_ptr(),
+                        n,
+                        c.as_mut_ptr(),
+                        n,
+                        accumulate,
+                    )
+                };
+                for r in 0..m {
+                    for j in 0..n {
+                        let base = if accumulate { 0.25 } else { 0.0 };
+                        let want: f32 =
+                            base + (0..k).map(|p| a[r * k + p] * b[p * n + j]).sum::<f32>();
+                        assert!((c[r * n + j] - want).abs() < 1e-4, "{m}x{n}x{k} at {r},{j}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn split_and_gemm_products_match_naive() {
+        let (m, n, k) = (37, 70, 19);
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 3) % 17) as f32 * 0.1 - 0.8)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 11) % 7) as f32 * 0.2 - 0.6)
+            .collect();
+        // a^T stored [k, m], read through a transposed view.
+        let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
+        let want: Vec<f32> = (0..m * n)
+            .map(|i| (0..k).map(|p| a[(i / n) * k + p] * b[p * n + i % n]).sum())
+            .collect();
+        for (a_view, threads) in [
+            (Mat::rows(&a, k), 1),
+            (Mat::rows(&a, k), 3),
+            (Mat::rows(&at, m).t(), 2),
+        ] {
+            for gemm_from in [usize::MAX, 0] {
+                set_gemm_min_macs(gemm_from);
+                let mut c = vec![0.0f32; m * n];
+                unsafe {
+                    product(
+                        m,
+                        n,
+                        k,
+                        MatMut::rows(&mut c, n),
+                        false,
+                        a_view,
+                        Mat::rows(&b, n),
+                        threads,
+                    )
+                };
+                set_gemm_min_macs(1 << 23);
+                for (x, y) in c.iter().zip(&want) {
+                    assert!((x - y).abs() < 1e-4);
+                }
+            }
+        }
+    }
+}

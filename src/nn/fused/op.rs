@@ -39,6 +39,31 @@ pub fn layer_forward(layer: &RecurrentLayer, x: &Tensor, return_sequences: bool)
     )
 }
 
+/// Buffers of finished backward passes, for the next forwards: saves
+/// allocating (and the kernel zeroing fresh pages for) every step's
+/// activations. Only small states are kept; large models are dominated
+/// by arithmetic anyway.
+static SPARE: Mutex<Vec<State>> = Mutex::new(Vec::new());
+const SPARE_STATES: usize = 8;
+const SPARE_FLOATS: usize = 1 << 22;
+
+fn spare_state() -> State {
+    SPARE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop()
+        .unwrap_or_default()
+}
+
+fn recycle(state: State) {
+    if state.capacity() <= SPARE_FLOATS {
+        let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.len() < SPARE_STATES {
+            spare.push(state);
+        }
+    }
+}
+
 struct LayerOp {
     cell: Cell,
     units: usize,
@@ -109,8 +134,9 @@ impl CustomOp2 for LayerOp {
                 d.param_len()
             );
         }
-        let mut state = State::default();
-        sequence::forward(&d, x, params, &mut state, true);
+        let mut state = spare_state();
+        let weights = sequence::prepare(&d, params);
+        sequence::forward(&d, x, &weights, &mut state, true);
         let (out, shape) = if self.return_sequences {
             (
                 std::mem::take(&mut state.h),
@@ -138,32 +164,25 @@ impl CustomOp2 for LayerOp {
         let d = self.dims(x.layout())?;
         let mut dx = vec![0.0f32; x.elem_count()];
         let mut dp = vec![0.0f32; params.elem_count()];
+        let kept_h = std::mem::take(&mut state.h);
         with_f32(x, |xs| {
             with_f32(params, |ps| {
                 with_f32(grad, |dy| {
-                    let hs_owned = std::mem::take(&mut state.h);
-                    let mut run = |hs: &[f32], state: &mut State| {
-                        sequence::backward(
-                            &d,
-                            xs,
-                            ps,
-                            state,
-                            hs,
-                            dy,
-                            self.return_sequences,
-                            &mut dx,
-                            &mut dp,
-                        );
+                    let mut run = |hs: &[f32]| {
+                        let seq = self.return_sequences;
+                        sequence::backward(&d, xs, ps, &mut state, hs, dy, seq, &mut dx, &mut dp);
                         Ok(())
                     };
                     if self.return_sequences {
-                        with_f32(res, |hs| run(hs, &mut state))
+                        with_f32(res, run)
                     } else {
-                        run(&hs_owned, &mut state)
+                        run(&kept_h)
                     }
                 })
             })
         })?;
+        state.h = kept_h;
+        recycle(state);
         let dev = Device::Cpu;
         Ok((
             Some(Tensor::from_vec(dx, x.shape(), &dev)?),

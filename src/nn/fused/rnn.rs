@@ -24,11 +24,18 @@ fn forward_rows_impl<const FMA: bool>(
                 std::slice::from_raw_parts_mut(out.add(r * out_ld), h),
             )
         };
-        for j in 0..h {
-            let v = tanh::<FMA>(a[j]);
-            a[j] = v;
-            o_row[j] = v;
-        }
+        forward_kernel::<FMA>(a, o_row);
+    }
+}
+
+/// One row's forward (separate slices: no run-time alias checks).
+#[inline(always)]
+fn forward_kernel<const FMA: bool>(a: &mut [f32], out: &mut [f32]) {
+    let a = &mut a[..out.len()];
+    for (a, o) in a.iter_mut().zip(out.iter_mut()) {
+        let v = tanh::<FMA>(*a);
+        *a = v;
+        *o = v;
     }
 }
 
@@ -65,10 +72,18 @@ fn backward_rows_impl<const FMA: bool>(
                 std::slice::from_raw_parts(dy.add(r * dy_ld), h),
             )
         };
-        for j in 0..h {
-            let v = a[j];
-            a[j] = (dh[j] + dy[j]) * (1.0 - v * v);
-        }
+        backward_kernel(a, dh, dy);
+    }
+}
+
+/// One row's backward (separate slices: no run-time alias checks).
+#[inline(always)]
+fn backward_kernel(a: &mut [f32], dh: &[f32], dy: &[f32]) {
+    let h = a.len();
+    let (dh, dy) = (&dh[..h], &dy[..h]);
+    for j in 0..h {
+        let v = a[j];
+        a[j] = (dh[j] + dy[j]) * (1.0 - v * v);
     }
 }
 

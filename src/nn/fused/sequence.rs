@@ -13,7 +13,7 @@
 //! activated gates and cell states stay for the backward, which per step
 //! runs one fused pointwise pass and one product `dA W_hh`, then gets
 //! every weight gradient, bias gradient and dx from a few large products.
-use super::matmul::{matmul, threads_for, Mat, MatMut};
+use super::matmul::{product, small_matmul, threads_for, Mat, MatMut};
 use super::{gru, lstm, rnn, threads};
 use crate::nn::spec::Cell;
 
@@ -104,6 +104,65 @@ fn split_params_mut<'a>(d: &Dims, params: &'a mut [f32], dir: usize) -> DirParam
     }
 }
 
+/// One direction's weights laid out for the forward's products: the
+/// transposes `W_ih^T` [I, G*H] and `W_hh^T` [H, G*H] (gate columns
+/// contiguous, the layout gemm reads fastest), and the biases.
+struct PreparedDir {
+    w_ih_t: Vec<f32>,
+    w_hh_t: Vec<f32>,
+    /// Added to the input projection: `b_ih + b_hh` (LSTM, RNN) or `b_ih`
+    /// (GRU, whose `b_hh` stays inside the reset gate's product).
+    projection_bias: Vec<f32>,
+    b_hh: Vec<f32>,
+}
+
+/// A layer's weights prepared for [`forward`]; the inference engine keeps
+/// them, training prepares them each step (a copy of the weights, small
+/// beside the products).
+pub struct Prepared {
+    dirs: Vec<PreparedDir>,
+}
+
+/// `out[c, r] = m[r, c]` for a [rows, cols] matrix, in cache-sized tiles.
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
+    let mut out = vec![0.0f32; rows * cols];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    out[c * rows + r] = m[r * cols + c];
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn prepare(d: &Dims, params: &[f32]) -> Prepared {
+    assert_eq!(params.len(), d.param_len(), "packed parameters");
+    let gh = d.gate_width();
+    let dirs = (0..d.dirs)
+        .map(|dir| {
+            let p = split_params(d, params, dir);
+            let mut projection_bias = p.b_ih.to_vec();
+            if d.cell != Cell::Gru {
+                projection_bias
+                    .iter_mut()
+                    .zip(p.b_hh)
+                    .for_each(|(a, b)| *a += b);
+            }
+            PreparedDir {
+                w_ih_t: transpose(p.w_ih, gh, d.input),
+                w_hh_t: transpose(p.w_hh, gh, d.units),
+                projection_bias,
+                b_hh: p.b_hh.to_vec(),
+            }
+        })
+        .collect();
+    Prepared { dirs }
+}
+
 /// What the forward keeps for the backward; reused between calls where
 /// the caller keeps it (inference).
 #[derive(Default)]
@@ -118,6 +177,19 @@ pub struct State {
     pub h: Vec<f32>,
 }
 
+impl State {
+    /// Floats the buffers can hold without reallocating.
+    pub fn capacity(&self) -> usize {
+        let inner: usize = self
+            .gates
+            .iter()
+            .chain(&self.extra)
+            .map(Vec::capacity)
+            .sum();
+        inner + self.h.capacity()
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Ptr(*mut f32);
 // SAFETY: workers write disjoint rows of the buffers these point into.
@@ -126,11 +198,11 @@ unsafe impl Sync for Ptr {}
 
 /// Runs the layer forward; `parallel` lets it use the kernel pool (off
 /// when the caller already runs one batch block per worker).
-pub fn forward(d: &Dims, x: &[f32], params: &[f32], state: &mut State, parallel: bool) {
+pub fn forward(d: &Dims, x: &[f32], weights: &Prepared, state: &mut State, parallel: bool) {
     let (t_len, b, gh, h) = (d.steps, d.batch, d.gate_width(), d.units);
     let tb = t_len * b;
     assert_eq!(x.len(), tb * d.input, "input is [T, B, I]");
-    assert_eq!(params.len(), d.param_len(), "packed parameters");
+    assert_eq!(weights.dirs.len(), d.dirs, "prepared weights");
     state.gates.resize_with(d.dirs, Vec::new);
     state.extra.resize_with(d.dirs, Vec::new);
     state.h.resize(tb * d.width(), 0.0);
@@ -146,25 +218,21 @@ pub fn forward(d: &Dims, x: &[f32], params: &[f32], state: &mut State, parallel:
         .map(|g| Ptr(g.as_mut_ptr()))
         .collect();
     let project = |dir: usize, threads: usize| {
-        let p = split_params(d, params, dir);
-        let mut bias = p.b_ih.to_vec();
-        if d.cell != Cell::Gru {
-            bias.iter_mut().zip(p.b_hh).for_each(|(a, b)| *a += b);
-        }
+        let p = &weights.dirs[dir];
         // SAFETY: each direction writes only its own gates buffer.
         let gates = unsafe { std::slice::from_raw_parts_mut(gate_ptrs[dir].0, tb * gh) };
         for row in gates.chunks_exact_mut(gh) {
-            row.copy_from_slice(&bias);
+            row.copy_from_slice(&p.projection_bias);
         }
         unsafe {
-            matmul(
+            product(
                 tb,
                 gh,
                 d.input,
                 MatMut::rows(gates, gh),
                 true,
                 Mat::rows(x, d.input),
-                Mat::rows(p.w_ih, d.input).t(),
+                Mat::rows(&p.w_ih_t, gh),
                 threads,
             )
         }
@@ -207,7 +275,7 @@ pub fn forward(d: &Dims, x: &[f32], params: &[f32], state: &mut State, parallel:
                 dir,
                 r0,
                 r1,
-                split_params(d, params, dir),
+                &weights.dirs[dir],
                 gate_ptrs[dir],
                 extra_ptrs[dir],
                 h_ptr,
@@ -223,7 +291,7 @@ unsafe fn forward_block(
     dir: usize,
     r0: usize,
     r1: usize,
-    p: DirParams<&[f32]>,
+    p: &PreparedDir,
     gates: Ptr,
     extra: Ptr,
     hs: Ptr,
@@ -231,7 +299,7 @@ unsafe fn forward_block(
 ) {
     let (b, gh, h, w, eh) = (d.batch, d.gate_width(), d.units, d.width(), d.extra_width());
     let rows = r1 - r0;
-    let w_hh_t = Mat::rows(p.w_hh, h).t();
+    let w_hh_t = Mat::rows(&p.w_hh_t, gh);
     let mut hw = if d.cell == Cell::Gru {
         vec![0.0f32; rows * gh]
     } else {
@@ -247,7 +315,7 @@ unsafe fn forward_block(
             Cell::Lstm => {
                 let (c_prev, c_ld) = match (prev, h_prev) {
                     (Some(tp), Some(hp)) => {
-                        matmul(
+                        step_product(
                             rows,
                             gh,
                             h,
@@ -255,7 +323,6 @@ unsafe fn forward_block(
                             true,
                             Mat::raw(hp, w),
                             w_hh_t,
-                            1,
                         );
                         (extra.0.add((tp * b + r0) * eh) as *const f32, eh)
                     }
@@ -266,11 +333,11 @@ unsafe fn forward_block(
             }
             Cell::Gru => {
                 for row in hw.chunks_exact_mut(gh) {
-                    row.copy_from_slice(p.b_hh);
+                    row.copy_from_slice(&p.b_hh);
                 }
                 let (hp, hp_ld) = match h_prev {
                     Some(hp) => {
-                        matmul(
+                        step_product(
                             rows,
                             gh,
                             h,
@@ -278,7 +345,6 @@ unsafe fn forward_block(
                             true,
                             Mat::raw(hp, w),
                             w_hh_t,
-                            1,
                         );
                         (hp, w)
                     }
@@ -289,7 +355,7 @@ unsafe fn forward_block(
             }
             Cell::Rnn => {
                 if let Some(hp) = h_prev {
-                    matmul(
+                    step_product(
                         rows,
                         gh,
                         h,
@@ -297,7 +363,6 @@ unsafe fn forward_block(
                         true,
                         Mat::raw(hp, w),
                         w_hh_t,
-                        1,
                     );
                 }
                 rnn::forward_rows(rows, h, a, gh, out, w);
@@ -395,7 +460,7 @@ pub fn backward(
             let g = split_params_mut(d, dparams, dir);
             let da = Mat::rows(gates, gh);
             unsafe {
-                matmul(
+                product(
                     gh,
                     d.input,
                     tb,
@@ -423,7 +488,7 @@ pub fn backward(
                     let (w_rz, w_n) = g.w_hh.split_at_mut(two * h);
                     let dn_pairs = Mat::raw(extra[a_row * eh..].as_ptr(), eh).t();
                     unsafe {
-                        matmul(
+                        product(
                             two,
                             h,
                             k,
@@ -433,11 +498,11 @@ pub fn backward(
                             h_prev,
                             kt,
                         );
-                        matmul(h, h, k, MatMut::rows(w_n, h), false, dn_pairs, h_prev, kt);
+                        product(h, h, k, MatMut::rows(w_n, h), false, dn_pairs, h_prev, kt);
                     }
                 } else {
                     unsafe {
-                        matmul(
+                        product(
                             gh,
                             h,
                             k,
@@ -459,7 +524,7 @@ pub fn backward(
                 _ => g.b_hh.copy_from_slice(g.b_ih),
             }
             unsafe {
-                matmul(
+                product(
                     tb,
                     d.input,
                     gh,
@@ -530,7 +595,7 @@ unsafe fn backward_block(
                     dc.as_mut_ptr(),
                 );
                 if s > 0 {
-                    matmul(
+                    step_product(
                         rows,
                         h,
                         gh,
@@ -538,7 +603,6 @@ unsafe fn backward_block(
                         false,
                         Mat::raw(a, gh),
                         w_hh,
-                        1,
                     );
                 }
             }
@@ -562,7 +626,7 @@ unsafe fn backward_block(
                 );
                 if s > 0 {
                     let two = 2 * h;
-                    matmul(
+                    step_product(
                         rows,
                         h,
                         two,
@@ -570,9 +634,8 @@ unsafe fn backward_block(
                         true,
                         Mat::raw(a, gh),
                         w_hh,
-                        1,
                     );
-                    matmul(
+                    step_product(
                         rows,
                         h,
                         h,
@@ -580,14 +643,13 @@ unsafe fn backward_block(
                         true,
                         Mat::raw(e, eh),
                         Mat::rows(&p.w_hh[two * h..], h),
-                        1,
                     );
                 }
             }
             Cell::Rnn => {
                 rnn::backward_rows(rows, h, a, gh, dh.as_ptr(), dyp, dy_ld);
                 if s > 0 {
-                    matmul(
+                    step_product(
                         rows,
                         h,
                         gh,
@@ -595,12 +657,39 @@ unsafe fn backward_block(
                         false,
                         Mat::raw(a, gh),
                         w_hh,
-                        1,
                     );
                 }
             }
         }
     }
+}
+
+/// A per-step product through the register-blocked kernel: `dst (+)= a b`
+/// with `b` row-major (columns contiguous).
+#[inline]
+unsafe fn step_product(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: MatMut,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+) {
+    debug_assert!(b.cs == 1, "b is row-major");
+    small_matmul(
+        m,
+        n,
+        k,
+        a.ptr,
+        a.rs as usize,
+        a.cs as usize,
+        b.ptr,
+        b.rs as usize,
+        dst.ptr,
+        dst.ld,
+        accumulate,
+    );
 }
 
 /// `out[c] = Σ_r m[r, c]` over a contiguous [rows, cols] matrix.

@@ -107,13 +107,19 @@ pub fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 }
 
 /// e^x, Cephes' single-precision polynomial (about 1 ulp on the range
-/// that matters here); inputs are clamped to [-88, 88].
+/// that matters here); inputs are clamped to [-88, 88]. Written with
+/// selects and bit arithmetic only (no saturating casts, no branches), so
+/// loops over it vectorise.
 #[inline(always)]
 pub fn exp<const FMA: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-88.0, 88.0);
+    // 1.5 * 2^23: adding it to an integral float of magnitude below 2^22
+    // puts the integer in the low mantissa bits.
+    const MAGIC: f32 = 12_582_912.0;
+    let x = if x < -88.0 { -88.0 } else { x };
+    let x = if x > 88.0 { 88.0 } else { x };
     let n = madd::<FMA>(x, LOG2E, 0.5).floor();
     let r = madd::<FMA>(n, -C2, madd::<FMA>(n, -C1, x));
     let r2 = r * r;
@@ -124,8 +130,11 @@ pub fn exp<const FMA: bool>(x: f32) -> f32 {
     p = madd::<FMA>(p, r, 1.666_666_5e-1);
     p = madd::<FMA>(p, r, 5e-1);
     let y = madd::<FMA>(p, r2, r) + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    y * scale
+    let biased = (n + MAGIC)
+        .to_bits()
+        .wrapping_sub(MAGIC.to_bits())
+        .wrapping_add(127);
+    y * f32::from_bits(biased << 23)
 }
 
 /// The logistic function 1 / (1 + e^-x).
