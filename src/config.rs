@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// Threads each matrix multiply may use (sets RAYON_NUM_THREADS).
     #[arg(long, env = "LSTMD_MATMUL_THREADS", default_value_t = 1)]
     pub matmul_threads: usize,
+    /// Threads the fused CPU kernels (f32 training and inference) use, the
+    /// calling thread included; 0 means one per core. Set once per process.
+    #[arg(long, env = "LSTMD_KERNEL_THREADS", default_value_t = 0)]
+    pub kernel_threads: usize,
     #[command(flatten)]
     pub limits: LimitArgs,
 }

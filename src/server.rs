@@ -53,6 +53,7 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<RunningServer> {
     let device = parse_device(&args.device).map_err(anyhow::Error::msg)?;
+    crate::nn::fused::threads::configure(args.kernel_threads);
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

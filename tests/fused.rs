@@ -9,6 +9,20 @@ use lstmd::nn::{initial_parameters, Cell, Dropout, LayerSpec, ModelSpec, Network
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// Serialises the tests that choose which kernel runs the products (a
+/// process-wide setting).
+static PRODUCTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `f` with products from `gemm_from` multiply-adds on sent to gemm
+/// (usize::MAX: all through the register-blocked kernel, which debug
+/// builds otherwise skip).
+fn with_products(gemm_from: usize, f: impl FnOnce()) {
+    let _guard = PRODUCTS.lock().unwrap_or_else(|e| e.into_inner());
+    fused::matmul::set_gemm_min_macs(gemm_from);
+    f();
+    fused::matmul::set_gemm_min_macs(fused::matmul::DEFAULT_GEMM_MIN_MACS);
+}
+
 fn spec(cell: Cell, bidirectional: bool, units: &[usize], dropout: f32) -> ModelSpec {
     ModelSpec {
         vocab_size: 13,
@@ -143,44 +157,48 @@ fn check_agreement(spec: &ModelSpec, rows: usize, steps: usize, with_dropout: bo
 fn fused_layers_match_composed_values_and_gradients() {
     // Small blocks, so the batch-parallel split runs where there are cores.
     fused::threads::set_min_rows_per_worker(4);
-    for cell in [Cell::Lstm, Cell::Gru, Cell::Rnn] {
-        for bidirectional in [false, true] {
-            for units in [&[9][..], &[9, 6, 11][..]] {
-                let s = spec(cell, bidirectional, units, 0.0);
-                let label = format!("{cell:?} bi={bidirectional} units={units:?}");
-                check_agreement(&s, 37, 7, false, &label);
+    with_products(usize::MAX, || {
+        for cell in [Cell::Lstm, Cell::Gru, Cell::Rnn] {
+            for bidirectional in [false, true] {
+                for units in [&[9][..], &[9, 6, 11][..]] {
+                    let s = spec(cell, bidirectional, units, 0.0);
+                    let label = format!("{cell:?} bi={bidirectional} units={units:?}");
+                    check_agreement(&s, 37, 7, false, &label);
+                }
             }
         }
-    }
+    });
 }
 
 #[test]
 fn agreement_holds_with_gemm_for_every_product() {
-    // The whole-sequence products go to gemm from a size on; force it here
-    // (other tests may run meanwhile: both ways are correct).
-    fused::matmul::set_gemm_min_macs(0);
-    for cell in [Cell::Lstm, Cell::Gru, Cell::Rnn] {
-        let s = spec(cell, true, &[9, 6], 0.0);
-        check_agreement(&s, 21, 5, false, &format!("{cell:?} through gemm"));
-    }
-    fused::matmul::set_gemm_min_macs(1 << 23);
+    with_products(0, || {
+        for cell in [Cell::Lstm, Cell::Gru, Cell::Rnn] {
+            let s = spec(cell, true, &[9, 6], 0.0);
+            check_agreement(&s, 21, 5, false, &format!("{cell:?} through gemm"));
+        }
+    });
 }
 
 #[test]
 fn dropout_masks_and_gradients_agree() {
-    for cell in [Cell::Lstm, Cell::Gru, Cell::Rnn] {
-        let s = spec(cell, true, &[8, 7], 0.3);
-        check_agreement(&s, 19, 6, true, &format!("{cell:?} with dropout"));
-    }
+    with_products(usize::MAX, || {
+        for cell in [Cell::Lstm, Cell::Gru, Cell::Rnn] {
+            let s = spec(cell, true, &[8, 7], 0.3);
+            check_agreement(&s, 19, 6, true, &format!("{cell:?} with dropout"));
+        }
+    });
 }
 
 #[test]
 fn single_step_and_single_row_agree() {
-    for cell in [Cell::Lstm, Cell::Gru, Cell::Rnn] {
-        let s = spec(cell, true, &[3, 4], 0.0);
-        check_agreement(&s, 1, 1, false, &format!("{cell:?} T=1 B=1"));
-        check_agreement(&s, 2, 3, false, &format!("{cell:?} T=3 B=2"));
-    }
+    with_products(usize::MAX, || {
+        for cell in [Cell::Lstm, Cell::Gru, Cell::Rnn] {
+            let s = spec(cell, true, &[3, 4], 0.0);
+            check_agreement(&s, 1, 1, false, &format!("{cell:?} T=1 B=1"));
+            check_agreement(&s, 2, 3, false, &format!("{cell:?} T=3 B=2"));
+        }
+    });
 }
 
 #[test]

@@ -312,10 +312,15 @@ super::simd::multiversion! {
     ) => small_matmul_impl
 }
 
+/// The default of [`set_gemm_min_macs`]. Unoptimised builds (tests) send
+/// every product to gemm, an optimised dependency: the register-blocked
+/// kernel needs the optimiser.
+pub const DEFAULT_GEMM_MIN_MACS: usize = if cfg!(debug_assertions) { 0 } else { 1 << 23 };
+
 /// Products at least this large (in multiply-adds) go to gemm, whose
 /// packing and cache blocking pay off there.
 static GEMM_MIN_MACS: std::sync::atomic::AtomicUsize =
-    std::sync::atomic::AtomicUsize::new(usize::MAX);
+    std::sync::atomic::AtomicUsize::new(DEFAULT_GEMM_MIN_MACS);
 
 /// Sets the size from which [`product`] hands products to gemm.
 pub fn set_gemm_min_macs(macs: usize) {
@@ -344,9 +349,7 @@ pub unsafe fn product(
     if m == 0 || n == 0 {
         return;
     }
-    if m * n * k >= GEMM_MIN_MACS.load(std::sync::atomic::Ordering::Relaxed) {
-        return super::threads::install(|| matmul(m, n, k, dst, accumulate, a, b, threads));
-    }
+    let use_gemm = m * n * k >= GEMM_MIN_MACS.load(std::sync::atomic::Ordering::Relaxed);
     let chunks = threads.min(m.div_ceil(MR)).max(1);
     super::threads::for_each(chunks, |i| {
         // Capture the views whole (they are Send + Sync; their pointer
@@ -358,17 +361,30 @@ pub unsafe fn product(
             (blocks * i / chunks * MR).min(m),
             (blocks * (i + 1) / chunks * MR).min(m),
         );
-        if r1 > r0 {
+        if r1 <= r0 {
+            return;
+        }
+        let a_rows = Mat {
+            ptr: a.ptr.offset(r0 as isize * a.rs),
+            ..*a
+        };
+        let dst_rows = MatMut {
+            ptr: dst.ptr.add(r0 * dst.ld),
+            ld: dst.ld,
+        };
+        if use_gemm {
+            matmul(r1 - r0, n, k, dst_rows, accumulate, a_rows, *b, 1);
+        } else {
             small_matmul(
                 r1 - r0,
                 n,
                 k,
-                a.ptr.offset(r0 as isize * a.rs),
-                a.rs as usize,
-                a.cs as usize,
+                a_rows.ptr,
+                a_rows.rs as usize,
+                a_rows.cs as usize,
                 b.ptr,
                 b.rs as usize,
-                dst.ptr.add(r0 * dst.ld),
+                dst_rows.ptr,
                 dst.ld,
                 accumulate,
             );
@@ -459,7 +475,7 @@ mod small_tests {
                         threads,
                     )
                 };
-                set_gemm_min_macs(1 << 23);
+                set_gemm_min_macs(DEFAULT_GEMM_MIN_MACS);
                 for (x, y) in c.iter().zip(&want) {
                     assert!((x - y).abs() < 1e-4);
                 }

@@ -13,7 +13,7 @@
 //! activated gates and cell states stay for the backward, which per step
 //! runs one fused pointwise pass and one product `dA W_hh`, then gets
 //! every weight gradient, bias gradient and dx from a few large products.
-use super::matmul::{product, small_matmul, threads_for, Mat, MatMut};
+use super::matmul::{product, threads_for, Mat, MatMut};
 use super::{gru, lstm, rnn, threads};
 use crate::nn::spec::Cell;
 
@@ -244,10 +244,8 @@ pub fn forward(d: &Dims, x: &[f32], weights: &Prepared, state: &mut State, paral
     };
     if parallel && d.dirs > 1 && gemm_threads < d.dirs {
         threads::for_each(d.dirs, |dir| project(dir, 1));
-    } else if gemm_threads > 1 {
-        threads::install(|| (0..d.dirs).for_each(|dir| project(dir, gemm_threads)));
     } else {
-        (0..d.dirs).for_each(|dir| project(dir, 1));
+        (0..d.dirs).for_each(|dir| project(dir, gemm_threads));
     }
 
     // The recurrent loop: (direction, block of rows) items, independent.
@@ -452,7 +450,7 @@ pub fn backward(
 
     // Weight and bias gradients, and dx, from whole-sequence products.
     let all = threads::threads();
-    threads::install(|| {
+    {
         for dir in 0..d.dirs {
             let p = split_params(d, params, dir);
             let gates = &state.gates[dir];
@@ -536,7 +534,7 @@ pub fn backward(
                 );
             }
         }
-    });
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -664,8 +662,8 @@ unsafe fn backward_block(
     }
 }
 
-/// A per-step product through the register-blocked kernel: `dst (+)= a b`
-/// with `b` row-major (columns contiguous).
+/// A per-step product on the calling worker: `dst (+)= a b` with `b`
+/// row-major (columns contiguous).
 #[inline]
 unsafe fn step_product(
     m: usize,
@@ -676,20 +674,7 @@ unsafe fn step_product(
     a: Mat,
     b: Mat,
 ) {
-    debug_assert!(b.cs == 1, "b is row-major");
-    small_matmul(
-        m,
-        n,
-        k,
-        a.ptr,
-        a.rs as usize,
-        a.cs as usize,
-        b.ptr,
-        b.rs as usize,
-        dst.ptr,
-        dst.ld,
-        accumulate,
-    );
+    product(m, n, k, dst, accumulate, a, b, 1);
 }
 
 /// `out[c] = Σ_r m[r, c]` over a contiguous [rows, cols] matrix.

@@ -1,12 +1,15 @@
-//! How the fused kernels use the cores: one pool of worker threads, shared
-//! by every model in the process. Work is split two ways:
+//! How the fused kernels use the cores: `threads` workers in all, the
+//! calling thread plus `threads - 1` helpers in a pool shared by every
+//! model in the process. The caller always takes part: a blocked caller
+//! beside a full pool would leave one more runnable thread than cores
+//! during the serial parts of a step. Work is split two ways:
 //! * batch-parallel: the recurrent loop of a layer runs as independent
 //!   (direction, block of rows) items, one per worker, with no
 //!   synchronisation between time steps;
-//! * gemm-parallel: the large products outside the loop (input projection,
-//!   weight gradients) let gemm split them over the pool.
+//! * product-parallel: the large products outside the loop (input
+//!   projection, weight gradients, dx) are split by rows.
 //!
-//! The pool size is set once per process ([`configure`], the server's
+//! The count is set once per process ([`configure`], the server's
 //! `--kernel-threads`, or `LSTMD_KERNEL_THREADS`); it defaults to the
 //! number of cores.
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,10 +18,10 @@ use std::sync::OnceLock;
 static REQUESTED: AtomicUsize = AtomicUsize::new(0);
 /// Smallest block of rows worth a worker of its own in the recurrent loop.
 static MIN_ROWS: AtomicUsize = AtomicUsize::new(16);
-static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
+static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
 
-/// Sets the pool size; takes effect only before the first fused call.
-/// 0 means the number of cores.
+/// Sets the number of workers (the caller included); takes effect only
+/// before the first fused call. 0 means the number of cores.
 pub fn configure(threads: usize) {
     REQUESTED.store(threads, Ordering::Relaxed);
 }
@@ -33,49 +36,61 @@ fn min_rows() -> usize {
     MIN_ROWS.load(Ordering::Relaxed)
 }
 
-pub fn pool() -> &'static rayon::ThreadPool {
+fn requested() -> usize {
+    let mut n = REQUESTED.load(Ordering::Relaxed);
+    if n == 0 {
+        n = std::env::var("LSTMD_KERNEL_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+    }
+    if n == 0 {
+        n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    }
+    n
+}
+
+/// The helpers' pool; None with one worker.
+fn pool() -> Option<&'static rayon::ThreadPool> {
     POOL.get_or_init(|| {
-        let mut n = REQUESTED.load(Ordering::Relaxed);
-        if n == 0 {
-            n = std::env::var("LSTMD_KERNEL_THREADS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-        }
-        if n == 0 {
-            n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        }
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .thread_name(|i| format!("lstmd-kernel-{i}"))
-            .build()
-            .expect("the kernel thread pool starts")
+        let helpers = requested().saturating_sub(1);
+        (helpers > 0).then(|| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(helpers)
+                .thread_name(|i| format!("lstmd-kernel-{i}"))
+                .build()
+                .expect("the kernel thread pool starts")
+        })
     })
+    .as_ref()
 }
 
-/// Workers in the pool.
+/// Workers, the caller included.
 pub fn threads() -> usize {
-    pool().current_num_threads()
+    pool().map_or(1, |p| p.current_num_threads() + 1)
 }
 
-/// Runs `f(0..n)`, spread over the pool when there is more than one item
-/// and more than one worker; inline otherwise.
+/// Runs `f(0..n)` on the caller and the helpers, items handed out one at
+/// a time; inline with one item or one worker.
 pub fn for_each(n: usize, f: impl Fn(usize) + Send + Sync) {
-    if n <= 1 || threads() <= 1 {
-        (0..n).for_each(f);
-    } else {
-        use rayon::prelude::*;
-        pool().install(|| (0..n).into_par_iter().for_each(f));
-    }
-}
-
-/// Runs `f` inside the pool, so gemm's own splitting uses its workers.
-pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    if threads() <= 1 {
-        f()
-    } else {
-        pool().install(f)
-    }
+    let pool = match pool() {
+        Some(p) if n > 1 => p,
+        _ => return (0..n).for_each(f),
+    };
+    let next = AtomicUsize::new(0);
+    let work = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= n {
+            break;
+        }
+        f(i);
+    };
+    pool.in_place_scope(|scope| {
+        for _ in 0..pool.current_num_threads().min(n - 1) {
+            scope.spawn(|_| work());
+        }
+        work();
+    });
 }
 
 /// Splits `rows` into blocks for the recurrent loop of a layer with `dirs`
