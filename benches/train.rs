@@ -178,6 +178,8 @@ fn cpu_seconds() -> f64 {
 }
 
 fn main() {
+    // As `lstmd serve` does at start.
+    fused::memory::keep_freed_memory();
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         // SAFETY: no other thread exists yet.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };

@@ -241,3 +241,21 @@ fn inference_engine_matches_forward() {
         }
     }
 }
+
+#[test]
+fn inference_is_batch_invariant() {
+    for cell in [Cell::Lstm, Cell::Gru, Cell::Rnn] {
+        let s = spec(cell, true, &[20, 18], 0.0);
+        let (net, _) = build(&s, 31);
+        let engine = Engine::new(&net).unwrap().expect("CPU f32 network");
+        let rows = 70;
+        let (ids, _) = batch(&s, rows, 6, 4);
+        let flat: Vec<u32> = ids.flatten_all().unwrap().to_vec1().unwrap();
+        let all = engine.probabilities(&flat, rows, 6);
+        let v = s.vocab_size;
+        for r in [0, 1, 6, 63, 64, 69] {
+            let alone = engine.probabilities(&flat[r * 6..(r + 1) * 6], 1, 6);
+            assert_eq!(alone[..], all[r * v..(r + 1) * v], "{cell:?} row {r}");
+        }
+    }
+}

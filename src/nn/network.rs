@@ -68,22 +68,32 @@ impl Dropout {
         x * mask
     }
 
-    /// [`Dropout::apply`] to a time-major `x` [T, B, W]: the same mask, and
-    /// the same random draws, as `apply` gives the batch-major [B, T, W].
-    pub fn apply_time_major(&mut self, x: &Tensor, p: f32) -> candle_core::Result<Tensor> {
+    /// The mask `apply` would draw for a batch-major [B, T, W] tensor, laid
+    /// out time-major [T, B, W]; None when `p` is 0 (no draws).
+    pub(crate) fn time_major_mask(
+        &mut self,
+        b: usize,
+        t: usize,
+        w: usize,
+        p: f32,
+    ) -> Option<Vec<f32>> {
         if p <= 0.0 {
-            return Ok(x.clone());
+            return None;
         }
-        let (t, b, w) = x.dims3()?;
-        let drawn = self.mask(x.elem_count(), p);
+        let drawn = self.mask(b * t * w, p);
         let mut mask = vec![0.0f32; drawn.len()];
         for (bi, rows) in drawn.chunks_exact(t * w).enumerate() {
             for (ti, row) in rows.chunks_exact(w).enumerate() {
                 mask[(ti * b + bi) * w..][..w].copy_from_slice(row);
             }
         }
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        x * mask
+        Some(mask)
+    }
+
+    /// The mask `apply` would draw for a tensor of `n` elements; None when
+    /// `p` is 0 (no draws).
+    pub(crate) fn batch_mask(&mut self, n: usize, p: f32) -> Option<Vec<f32>> {
+        (p > 0.0).then(|| self.mask(n, p))
     }
 }
 
@@ -189,34 +199,14 @@ impl Network {
             .broadcast_add(&self.dense_bias)
     }
 
-    /// The forward pass through the fused recurrent kernels (f32, CPU),
-    /// time-major inside.
+    /// The forward pass through the fused kernels (f32, CPU): the whole
+    /// network as one custom op.
     pub fn forward_fused(
         &self,
         ids: &Tensor,
-        mut dropout: Option<&mut Dropout>,
+        dropout: Option<&mut Dropout>,
     ) -> candle_core::Result<Tensor> {
-        let (batch, steps) = ids.dims2()?;
-        let mut x = self
-            .embedding
-            .index_select(&ids.t()?.contiguous()?.flatten_all()?, 0)?
-            .reshape((steps, batch, self.spec.embedding_dim))?;
-        if let Some(d) = dropout.as_deref_mut() {
-            x = d.apply_time_major(&x, self.spec.embedding_dropout)?;
-        }
-        let last = self.layers.len() - 1;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = fused::layer_forward(layer, &x, i < last)?;
-            if let Some(d) = dropout.as_deref_mut() {
-                x = if i < last {
-                    d.apply_time_major(&x, layer.spec.dropout)?
-                } else {
-                    d.apply(&x, layer.spec.dropout)?
-                };
-            }
-        }
-        x.matmul(&self.dense_weight.t()?)?
-            .broadcast_add(&self.dense_bias)
+        fused::network_forward(self, ids, dropout)
     }
 }
 

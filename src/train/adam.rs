@@ -1,9 +1,9 @@
 //! Adam with its state in plain tensors (moments and step), so a run can be
 //! checkpointed and resumed; candle-nn's AdamW cannot export its state.
 //!
-//! On the CPU in f32 each parameter takes one fused pass: the moments and
-//! the parameter are updated together, the parameter in place. Elsewhere
-//! it takes candle tensor ops (the same formula).
+//! On the CPU in f32 each parameter takes one fused pass that updates the
+//! parameter and both moments in place (no allocation). Elsewhere it takes
+//! candle tensor ops (the same formula), which replace the moment tensors.
 use std::sync::Mutex;
 
 use candle_core::{
@@ -55,21 +55,14 @@ impl Adam {
                 continue;
             };
             if fused::supported(p.as_tensor()) && g.dtype() == DType::F32 {
-                let (m, v) = fused_update(
-                    p,
-                    g,
-                    &self.m[i],
-                    &self.v[i],
-                    Coefficients {
-                        beta1: self.beta1 as f32,
-                        beta2: self.beta2 as f32,
-                        step_size: (self.learning_rate / bc1) as f32,
-                        inv_bc2: (1.0 / bc2) as f32,
-                        epsilon: self.epsilon as f32,
-                    },
-                )?;
-                self.m[i] = m;
-                self.v[i] = v;
+                let c = Coefficients {
+                    beta1: self.beta1 as f32,
+                    beta2: self.beta2 as f32,
+                    step_size: (self.learning_rate / bc1) as f32,
+                    inv_bc2: (1.0 / bc2) as f32,
+                    epsilon: self.epsilon as f32,
+                };
+                fused_update(p, g, &mut self.m[i], &mut self.v[i], c)?;
                 continue;
             }
             let m = (self.m[i].affine(self.beta1, 0.0)? + g.affine(1.0 - self.beta1, 0.0)?)?;
@@ -99,84 +92,73 @@ struct Coefficients {
     epsilon: f32,
 }
 
-/// Updates `p` in place and returns the new moments, in one pass.
+/// Updates `p`, `m` and `v` in place, in one pass. Moments that are not
+/// contiguous f32 tensors of their own are first replaced by copies that
+/// are (those `new` makes already are).
 fn fused_update(
     p: &Var,
     g: &Tensor,
-    m: &Tensor,
-    v: &Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
     c: Coefficients,
-) -> Result<(Tensor, Tensor)> {
-    let n = p.elem_count();
-    let (g, m, v) = (g.contiguous()?, m.contiguous()?, v.contiguous()?);
-    let op = AdamUpdate {
-        grad: g,
-        m,
-        v,
-        c,
-        moments: Mutex::new((Vec::new(), Vec::new())),
-    };
-    p.as_tensor().inplace_op1(&op)?;
-    let (m_new, v_new) = op.moments.into_inner().unwrap_or_else(|e| e.into_inner());
-    if m_new.len() != n {
-        bail!("adam: the fused update did not run");
+) -> Result<()> {
+    for t in [&mut *m, &mut *v] {
+        if !t.is_contiguous() || t.dtype() != DType::F32 || t.elem_count() != p.elem_count() {
+            *t = t.to_dtype(DType::F32)?.contiguous()?.copy()?;
+        }
     }
-    let dev = p.device();
-    Ok((
-        Tensor::from_vec(m_new, p.shape(), dev)?,
-        Tensor::from_vec(v_new, p.shape(), dev)?,
-    ))
-}
-
-struct AdamUpdate {
-    grad: Tensor,
-    m: Tensor,
-    v: Tensor,
-    c: Coefficients,
-    moments: Mutex<(Vec<f32>, Vec<f32>)>,
-}
-
-impl InplaceOp1 for AdamUpdate {
-    fn name(&self) -> &'static str {
-        "fused-adam"
-    }
-
-    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
-        let CpuStorage::F32(p) = storage else {
-            bail!("adam: fused update takes f32 parameters");
-        };
-        let Some((a, b)) = layout.contiguous_offsets() else {
-            bail!("adam: fused update takes contiguous parameters");
-        };
-        let p = &mut p[a..b];
-        let c = self.c;
-        fused::op::with_f32(&self.grad, |g| {
-            fused::op::with_f32(&self.m, |m| {
-                fused::op::with_f32(&self.v, |v| {
-                    if g.len() != p.len() || m.len() != p.len() || v.len() != p.len() {
+    let g = g.contiguous()?;
+    fused::op::with_f32(&g, |g| {
+        with_mut(v, |v| {
+            with_mut(m, |m| {
+                with_mut(p.as_tensor(), |p| {
+                    let n = p.len();
+                    if g.len() != n || m.len() != n || v.len() != n {
                         bail!("adam: gradient or moments do not match the parameter");
                     }
-                    let mut m_new = vec![0.0f32; p.len()];
-                    let mut v_new = vec![0.0f32; p.len()];
-                    // SAFETY: all six buffers hold p.len() floats.
+                    // SAFETY: all four buffers hold n floats; the three
+                    // written ones are distinct tensors' storage.
                     unsafe {
                         update(
-                            p.len(),
+                            n,
                             p.as_mut_ptr(),
                             g.as_ptr(),
-                            m.as_ptr(),
-                            v.as_ptr(),
-                            m_new.as_mut_ptr(),
-                            v_new.as_mut_ptr(),
+                            m.as_mut_ptr(),
+                            v.as_mut_ptr(),
                             c,
                         )
                     };
-                    *self.moments.lock().unwrap_or_else(|e| e.into_inner()) = (m_new, v_new);
                     Ok(())
                 })
             })
         })
+    })
+}
+
+/// Runs `f` on a CPU f32 tensor's elements, writable, through candle's
+/// in-place op (which holds the tensor's write lock meanwhile).
+fn with_mut(t: &Tensor, f: impl FnOnce(&mut [f32]) -> Result<()>) -> Result<()> {
+    struct Mutate<F>(Mutex<Option<F>>);
+    impl<F: FnOnce(&mut [f32]) -> Result<()>> InplaceOp1 for Mutate<F> {
+        fn name(&self) -> &'static str {
+            "fused-adam"
+        }
+
+        fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+            let CpuStorage::F32(data) = storage else {
+                bail!("adam: the fused update takes f32 tensors");
+            };
+            let Some((a, b)) = layout.contiguous_offsets() else {
+                bail!("adam: the fused update takes contiguous tensors");
+            };
+            let f = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+            match f {
+                Some(f) => f(&mut data[a..b]),
+                None => bail!("adam: the update ran twice"),
+            }
+        }
     }
+    t.inplace_op1(&Mutate(Mutex::new(Some(f))))
 }
 
 #[inline(always)]
@@ -185,58 +167,82 @@ fn update_impl<const FMA: bool>(
     n: usize,
     p: *mut f32,
     g: *const f32,
-    m: *const f32,
-    v: *const f32,
-    m_new: *mut f32,
-    v_new: *mut f32,
+    m: *mut f32,
+    v: *mut f32,
     c: Coefficients,
 ) {
-    // SAFETY: the caller passes n-element buffers; `p`, `m_new` and `v_new`
-    // are written and overlap nothing.
+    // SAFETY: the caller passes n-element buffers; `p`, `m` and `v` are
+    // written and overlap nothing.
     unsafe {
         update_kernel(
             std::slice::from_raw_parts_mut(p, n),
             std::slice::from_raw_parts(g, n),
-            std::slice::from_raw_parts(m, n),
-            std::slice::from_raw_parts(v, n),
-            std::slice::from_raw_parts_mut(m_new, n),
-            std::slice::from_raw_parts_mut(v_new, n),
+            std::slice::from_raw_parts_mut(m, n),
+            std::slice::from_raw_parts_mut(v, n),
             c,
         )
     }
 }
 
 #[inline(always)]
-fn update_kernel(
-    p: &mut [f32],
-    g: &[f32],
-    m: &[f32],
-    v: &[f32],
-    m_new: &mut [f32],
-    v_new: &mut [f32],
-    c: Coefficients,
-) {
+fn update_kernel(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: Coefficients) {
     let n = p.len();
-    let (g, m, v, m_new, v_new) = (&g[..n], &m[..n], &v[..n], &mut m_new[..n], &mut v_new[..n]);
+    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
     for i in 0..n {
         let mi = c.beta1 * m[i] + (1.0 - c.beta1) * g[i];
         let vi = c.beta2 * v[i] + (1.0 - c.beta2) * g[i] * g[i];
-        m_new[i] = mi;
-        v_new[i] = vi;
+        m[i] = mi;
+        v[i] = vi;
         p[i] -= c.step_size * mi / ((vi * c.inv_bc2).sqrt() + c.epsilon);
     }
 }
 
 multiversion! {
-    /// One Adam update of n parameters.
+    /// One Adam update of n parameters, moments in place.
     fn update(
         n: usize,
         p: *mut f32,
         g: *const f32,
-        m: *const f32,
-        v: *const f32,
-        m_new: *mut f32,
-        v_new: *mut f32,
+        m: *mut f32,
+        v: *mut f32,
         c: Coefficients,
     ) => update_impl
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The fused f32 update against the tensor-op one (in f64).
+    #[test]
+    fn fused_update_matches_tensor_ops() {
+        let dev = Device::Cpu;
+        let init: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin()).collect();
+        let p32 = Var::from_vec(init.clone(), (37,), &dev).unwrap();
+        let p64 = Var::from_tensor(&p32.to_dtype(DType::F64).unwrap()).unwrap();
+        let mut a32 = Adam::new(vec![p32.clone()], 0.01, 0.9, 0.999, 1e-7).unwrap();
+        let mut a64 = Adam::new(vec![p64.clone()], 0.01, 0.9, 0.999, 1e-7).unwrap();
+        for step in 0..5 {
+            let loss32 =
+                (p32.as_tensor().sqr().unwrap().sum_all().unwrap() * (step + 1) as f64).unwrap();
+            let loss64 =
+                (p64.as_tensor().sqr().unwrap().sum_all().unwrap() * (step + 1) as f64).unwrap();
+            a32.step(&loss32.backward().unwrap()).unwrap();
+            a64.step(&loss64.backward().unwrap()).unwrap();
+        }
+        let got: Vec<f32> = p32.as_tensor().to_vec1().unwrap();
+        let want: Vec<f64> = p64.as_tensor().to_vec1().unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!((*g as f64 - w).abs() < 1e-5, "{g} vs {w}");
+        }
+        let m: Vec<f32> = a32.m[0].to_vec1().unwrap();
+        let m64: Vec<f64> = a64.m[0].to_vec1().unwrap();
+        for (g, w) in m.iter().zip(&m64) {
+            assert!(
+                (*g as f64 - w).abs() < 1e-4 * w.abs().max(1.0),
+                "{g} vs {w}"
+            );
+        }
+    }
 }

@@ -1,7 +1,9 @@
 //! Inference without autograd: the network's weights copied once into
 //! plain vectors, each batch cut into blocks of rows that run the whole
 //! network (embedding, layers, dense, softmax) on one worker, in buffers
-//! each worker keeps between calls.
+//! each worker keeps between calls. Every product sums each row in one
+//! fixed order, so a sequence's probabilities are bit-for-bit the same
+//! alone or in any batch.
 use std::cell::RefCell;
 
 use candle_core::{DType, Result, Tensor};

@@ -327,6 +327,38 @@ pub fn set_gemm_min_macs(macs: usize) {
     GEMM_MIN_MACS.store(macs, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// [`product`] on the calling thread through the register-blocked kernel
+/// only: each row of the result is summed in the same order whatever the
+/// other rows, so results do not depend on the batch around them.
+///
+/// # Safety
+/// As for [`matmul`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn product_rowwise(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: MatMut,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+) {
+    debug_assert_eq!(b.cs, 1, "b is row-major");
+    small_matmul(
+        m,
+        n,
+        k,
+        a.ptr,
+        a.rs as usize,
+        a.cs as usize,
+        b.ptr,
+        b.rs as usize,
+        dst.ptr,
+        dst.ld,
+        accumulate,
+    );
+}
+
 /// `dst[m, n] (+)= a[m, k] b[k, n]` with `b` row-major (columns
 /// contiguous), over up to `threads` workers of the kernel pool (row
 /// blocks), through the register-blocked kernel or, for large products,

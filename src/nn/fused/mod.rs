@@ -10,6 +10,7 @@ pub mod inference;
 pub mod loss;
 pub mod lstm;
 pub mod matmul;
+pub mod memory;
 pub mod op;
 pub mod rnn;
 pub mod sequence;
@@ -18,7 +19,7 @@ pub mod threads;
 
 pub use inference::Engine;
 pub use loss::cross_entropy;
-pub use op::layer_forward;
+pub use op::network_forward;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

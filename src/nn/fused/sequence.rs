@@ -13,7 +13,7 @@
 //! activated gates and cell states stay for the backward, which per step
 //! runs one fused pointwise pass and one product `dA W_hh`, then gets
 //! every weight gradient, bias gradient and dx from a few large products.
-use super::matmul::{product, threads_for, Mat, MatMut};
+use super::matmul::{product, product_rowwise, threads_for, Mat, MatMut};
 use super::{gru, lstm, rnn, threads};
 use crate::nn::spec::Cell;
 
@@ -124,7 +124,7 @@ pub struct Prepared {
 }
 
 /// `out[c, r] = m[r, c]` for a [rows, cols] matrix, in cache-sized tiles.
-fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     const TILE: usize = 32;
     let mut out = vec![0.0f32; rows * cols];
     for r0 in (0..rows).step_by(TILE) {
@@ -196,8 +196,11 @@ struct Ptr(*mut f32);
 unsafe impl Send for Ptr {}
 unsafe impl Sync for Ptr {}
 
-/// Runs the layer forward; `parallel` lets it use the kernel pool (off
-/// when the caller already runs one batch block per worker).
+/// Runs the layer forward. `parallel` lets it use the kernel pool and the
+/// fastest product for each size; without it (inference, where the caller
+/// already runs one batch block per worker) it stays on the calling thread
+/// and every product sums each row in one fixed order, so a sequence gets
+/// bit-for-bit the same result alone or in any batch.
 pub fn forward(d: &Dims, x: &[f32], weights: &Prepared, state: &mut State, parallel: bool) {
     let (t_len, b, gh, h) = (d.steps, d.batch, d.gate_width(), d.units);
     let tb = t_len * b;
@@ -224,17 +227,17 @@ pub fn forward(d: &Dims, x: &[f32], weights: &Prepared, state: &mut State, paral
         for row in gates.chunks_exact_mut(gh) {
             row.copy_from_slice(&p.projection_bias);
         }
+        let (dst, a, b) = (
+            MatMut::rows(gates, gh),
+            Mat::rows(x, d.input),
+            Mat::rows(&p.w_ih_t, gh),
+        );
         unsafe {
-            product(
-                tb,
-                gh,
-                d.input,
-                MatMut::rows(gates, gh),
-                true,
-                Mat::rows(x, d.input),
-                Mat::rows(&p.w_ih_t, gh),
-                threads,
-            )
+            if parallel {
+                product(tb, gh, d.input, dst, true, a, b, threads)
+            } else {
+                product_rowwise(tb, gh, d.input, dst, true, a, b)
+            }
         }
     };
     let gemm_threads = if parallel {
@@ -273,6 +276,7 @@ pub fn forward(d: &Dims, x: &[f32], weights: &Prepared, state: &mut State, paral
                 dir,
                 r0,
                 r1,
+                parallel,
                 &weights.dirs[dir],
                 gate_ptrs[dir],
                 extra_ptrs[dir],
@@ -289,6 +293,7 @@ unsafe fn forward_block(
     dir: usize,
     r0: usize,
     r1: usize,
+    fastest: bool,
     p: &PreparedDir,
     gates: Ptr,
     extra: Ptr,
@@ -313,7 +318,8 @@ unsafe fn forward_block(
             Cell::Lstm => {
                 let (c_prev, c_ld) = match (prev, h_prev) {
                     (Some(tp), Some(hp)) => {
-                        step_product(
+                        forward_product(
+                            fastest,
                             rows,
                             gh,
                             h,
@@ -335,7 +341,8 @@ unsafe fn forward_block(
                 }
                 let (hp, hp_ld) = match h_prev {
                     Some(hp) => {
-                        step_product(
+                        forward_product(
+                            fastest,
                             rows,
                             gh,
                             h,
@@ -353,7 +360,8 @@ unsafe fn forward_block(
             }
             Cell::Rnn => {
                 if let Some(hp) = h_prev {
-                    step_product(
+                    forward_product(
+                        fastest,
                         rows,
                         gh,
                         h,
@@ -659,6 +667,27 @@ unsafe fn backward_block(
                 }
             }
         }
+    }
+}
+
+/// A per-step product of the forward: the fastest route, or the row-wise
+/// kernel (see [`forward`]).
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn forward_product(
+    fastest: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: MatMut,
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+) {
+    if fastest {
+        product(m, n, k, dst, accumulate, a, b, 1);
+    } else {
+        product_rowwise(m, n, k, dst, accumulate, a, b);
     }
 }
 
