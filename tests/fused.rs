@@ -155,9 +155,10 @@ fn check_agreement(spec: &ModelSpec, rows: usize, steps: usize, with_dropout: bo
 
 #[test]
 fn fused_layers_match_composed_values_and_gradients() {
-    // Small blocks, so the batch-parallel split runs where there are cores.
-    fused::threads::set_min_rows_per_worker(4);
     with_products(usize::MAX, || {
+        // Small blocks, so the batch-parallel split runs where there are
+        // cores.
+        fused::threads::set_min_rows_per_worker(4);
         for cell in [Cell::Lstm, Cell::Gru, Cell::Rnn] {
             for bidirectional in [false, true] {
                 for units in [&[9][..], &[9, 6, 11][..]] {
@@ -167,6 +168,19 @@ fn fused_layers_match_composed_values_and_gradients() {
                 }
             }
         }
+    });
+}
+
+#[test]
+fn agreement_holds_with_step_products_split() {
+    with_products(usize::MAX, || {
+        // No batch split: each step's products are split over the workers.
+        fused::threads::set_min_rows_per_worker(0);
+        for cell in [Cell::Lstm, Cell::Gru, Cell::Rnn] {
+            let s = spec(cell, false, &[9, 13], 0.0);
+            check_agreement(&s, 23, 4, false, &format!("{cell:?} step-split"));
+        }
+        fused::threads::set_min_rows_per_worker(4);
     });
 }
 

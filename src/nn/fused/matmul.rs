@@ -118,7 +118,7 @@ pub unsafe fn matmul(
 /// Threads worth giving one product of this size (gemm splits large ones
 /// well; small ones lose more to waking threads than they gain).
 pub fn threads_for(m: usize, n: usize, k: usize, available: usize) -> usize {
-    const PER_THREAD_FLOP: usize = 4 << 20;
+    const PER_THREAD_FLOP: usize = 2 << 20;
     let flop = 2 * m * n * k;
     (flop / PER_THREAD_FLOP).clamp(1, available.max(1))
 }

@@ -267,6 +267,11 @@ pub fn forward(d: &Dims, x: &[f32], weights: &Prepared, state: &mut State, paral
         .collect();
     let h_ptr = Ptr(state.h.as_mut_ptr());
     let zeros = vec![0.0f32; h];
+    let route = if parallel {
+        Route::Fast(step_threads(items.len()))
+    } else {
+        Route::RowWise
+    };
     threads::for_each(items.len(), |i| {
         let (dir, r0, r1) = items[i];
         // SAFETY: items cover disjoint (direction, rows) blocks.
@@ -276,7 +281,7 @@ pub fn forward(d: &Dims, x: &[f32], weights: &Prepared, state: &mut State, paral
                 dir,
                 r0,
                 r1,
-                parallel,
+                route,
                 &weights.dirs[dir],
                 gate_ptrs[dir],
                 extra_ptrs[dir],
@@ -293,7 +298,7 @@ unsafe fn forward_block(
     dir: usize,
     r0: usize,
     r1: usize,
-    fastest: bool,
+    route: Route,
     p: &PreparedDir,
     gates: Ptr,
     extra: Ptr,
@@ -319,7 +324,7 @@ unsafe fn forward_block(
                 let (c_prev, c_ld) = match (prev, h_prev) {
                     (Some(tp), Some(hp)) => {
                         forward_product(
-                            fastest,
+                            route,
                             rows,
                             gh,
                             h,
@@ -342,7 +347,7 @@ unsafe fn forward_block(
                 let (hp, hp_ld) = match h_prev {
                     Some(hp) => {
                         forward_product(
-                            fastest,
+                            route,
                             rows,
                             gh,
                             h,
@@ -361,7 +366,7 @@ unsafe fn forward_block(
             Cell::Rnn => {
                 if let Some(hp) = h_prev {
                     forward_product(
-                        fastest,
+                        route,
                         rows,
                         gh,
                         h,
@@ -436,6 +441,7 @@ pub fn backward(
         .map(|e| Ptr(e.as_mut_ptr()))
         .collect();
     let zeros = vec![0.0f32; h];
+    let per_step = step_threads(items.len());
     threads::for_each(items.len(), |i| {
         let (dir, r0, r1) = items[i];
         // SAFETY: items cover disjoint (direction, rows) blocks.
@@ -445,6 +451,7 @@ pub fn backward(
                 dir,
                 r0,
                 r1,
+                per_step,
                 split_params(d, params, dir),
                 gate_ptrs[dir],
                 extra_ptrs[dir],
@@ -551,6 +558,7 @@ unsafe fn backward_block(
     dir: usize,
     r0: usize,
     r1: usize,
+    per_step: usize,
     p: DirParams<&[f32]>,
     gates: Ptr,
     extra: Ptr,
@@ -601,7 +609,7 @@ unsafe fn backward_block(
                     dc.as_mut_ptr(),
                 );
                 if s > 0 {
-                    step_product(
+                    product(
                         rows,
                         h,
                         gh,
@@ -609,6 +617,7 @@ unsafe fn backward_block(
                         false,
                         Mat::raw(a, gh),
                         w_hh,
+                        per_step,
                     );
                 }
             }
@@ -632,7 +641,7 @@ unsafe fn backward_block(
                 );
                 if s > 0 {
                     let two = 2 * h;
-                    step_product(
+                    product(
                         rows,
                         h,
                         two,
@@ -640,8 +649,9 @@ unsafe fn backward_block(
                         true,
                         Mat::raw(a, gh),
                         w_hh,
+                        per_step,
                     );
-                    step_product(
+                    product(
                         rows,
                         h,
                         h,
@@ -649,13 +659,14 @@ unsafe fn backward_block(
                         true,
                         Mat::raw(e, eh),
                         Mat::rows(&p.w_hh[two * h..], h),
+                        per_step,
                     );
                 }
             }
             Cell::Rnn => {
                 rnn::backward_rows(rows, h, a, gh, dh.as_ptr(), dyp, dy_ld);
                 if s > 0 {
-                    step_product(
+                    product(
                         rows,
                         h,
                         gh,
@@ -663,6 +674,7 @@ unsafe fn backward_block(
                         false,
                         Mat::raw(a, gh),
                         w_hh,
+                        per_step,
                     );
                 }
             }
@@ -670,12 +682,27 @@ unsafe fn backward_block(
     }
 }
 
-/// A per-step product of the forward: the fastest route, or the row-wise
-/// kernel (see [`forward`]).
+/// How a recurrent loop runs its per-step products.
+#[derive(Clone, Copy)]
+enum Route {
+    /// The fastest kernel for the size, split over this many threads.
+    Fast(usize),
+    /// The row-wise kernel on the calling thread (see [`forward`]).
+    RowWise,
+}
+
+/// Threads for each per-step product when `items` loop items share the
+/// workers: more than one only when the batch is not split over them
+/// (few rows, or batch splitting off), so each step's products are.
+fn step_threads(items: usize) -> usize {
+    (threads::threads() / items.max(1)).max(1)
+}
+
+/// A per-step product of the forward.
 #[inline]
 #[allow(clippy::too_many_arguments)]
 unsafe fn forward_product(
-    fastest: bool,
+    route: Route,
     m: usize,
     n: usize,
     k: usize,
@@ -684,26 +711,10 @@ unsafe fn forward_product(
     a: Mat,
     b: Mat,
 ) {
-    if fastest {
-        product(m, n, k, dst, accumulate, a, b, 1);
-    } else {
-        product_rowwise(m, n, k, dst, accumulate, a, b);
+    match route {
+        Route::Fast(threads) => product(m, n, k, dst, accumulate, a, b, threads),
+        Route::RowWise => product_rowwise(m, n, k, dst, accumulate, a, b),
     }
-}
-
-/// A per-step product on the calling worker: `dst (+)= a b` with `b`
-/// row-major (columns contiguous).
-#[inline]
-unsafe fn step_product(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: MatMut,
-    accumulate: bool,
-    a: Mat,
-    b: Mat,
-) {
-    product(m, n, k, dst, accumulate, a, b, 1);
 }
 
 /// `out[c] = Σ_r m[r, c]` over a contiguous [rows, cols] matrix.

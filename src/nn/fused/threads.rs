@@ -5,7 +5,8 @@
 //! during the serial parts of a step. Work is split two ways:
 //! * batch-parallel: the recurrent loop of a layer runs as independent
 //!   (direction, block of rows) items, one per worker, with no
-//!   synchronisation between time steps;
+//!   synchronisation between time steps; where the batch is too small to
+//!   split (or splitting is off), each step's products are split instead;
 //! * product-parallel: the large products outside the loop (input
 //!   projection, weight gradients, dx) are split by rows.
 //!
@@ -16,8 +17,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 static REQUESTED: AtomicUsize = AtomicUsize::new(0);
-/// Smallest block of rows worth a worker of its own in the recurrent loop.
-static MIN_ROWS: AtomicUsize = AtomicUsize::new(16);
+/// Smallest block of rows worth a worker of its own in the recurrent loop
+/// (usize::MAX: not read from the environment yet).
+static MIN_ROWS: AtomicUsize = AtomicUsize::new(usize::MAX);
+const DEFAULT_MIN_ROWS: usize = 16;
 static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
 
 /// Sets the number of workers (the caller included); takes effect only
@@ -26,14 +29,24 @@ pub fn configure(threads: usize) {
     REQUESTED.store(threads, Ordering::Relaxed);
 }
 
-/// Smallest number of batch rows a worker of the recurrent loop gets;
-/// 0 turns batch splitting off.
+/// Smallest number of batch rows a worker of the recurrent loop gets
+/// (default 16, or `LSTMD_KERNEL_MIN_ROWS`); 0 turns batch splitting off,
+/// so each step's products are split over the workers instead.
 pub fn set_min_rows_per_worker(rows: usize) {
     MIN_ROWS.store(rows, Ordering::Relaxed);
 }
 
 fn min_rows() -> usize {
-    MIN_ROWS.load(Ordering::Relaxed)
+    let v = MIN_ROWS.load(Ordering::Relaxed);
+    if v != usize::MAX {
+        return v;
+    }
+    let v = std::env::var("LSTMD_KERNEL_MIN_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_MIN_ROWS);
+    MIN_ROWS.store(v, Ordering::Relaxed);
+    v
 }
 
 fn requested() -> usize {
