@@ -143,25 +143,27 @@ pub fn sigmoid<const FMA: bool>(x: f32) -> f32 {
     1.0 / (1.0 + exp::<FMA>(-x))
 }
 
-/// tanh(x) to about 1 ulp: an odd polynomial below |x| = 0.625 (Cephes'),
-/// `1 - 2 / (e^2|x| + 1)` above, both computed and one selected, so the
-/// loop stays branch-free.
+/// tanh(x) as a rational function (Eigen's single-precision one): within
+/// 4 ulp (about 4e-7 relative), exact odd symmetry, saturating to ±1;
+/// about a third of the work of an exp-based form.
 #[inline(always)]
 pub fn tanh<const FMA: bool>(x: f32) -> f32 {
-    let ax = x.abs();
-    let s = x * x;
-    let mut p = -5.704_988_7e-3;
-    p = madd::<FMA>(p, s, 2.063_909e-2);
-    p = madd::<FMA>(p, s, -5.373_971_6e-2);
-    p = madd::<FMA>(p, s, 1.333_144_2e-1);
-    p = madd::<FMA>(p, s, -3.333_328e-1);
-    let small = madd::<FMA>(p * s, x, x);
-    let large = 1.0 - 2.0 / (exp::<FMA>(2.0 * ax) + 1.0);
-    if ax < 0.625 {
-        small
-    } else {
-        large.copysign(x)
-    }
+    const CLAMP: f32 = 7.998_811_7;
+    let xc = if x < -CLAMP { -CLAMP } else { x };
+    let xc = if xc > CLAMP { CLAMP } else { xc };
+    let x2 = xc * xc;
+    let mut p = -2.760_768_5e-16;
+    p = madd::<FMA>(p, x2, 2.000_188e-13);
+    p = madd::<FMA>(p, x2, -8.604_672e-11);
+    p = madd::<FMA>(p, x2, 5.122_297e-8);
+    p = madd::<FMA>(p, x2, 1.485_722_4e-5);
+    p = madd::<FMA>(p, x2, 6.372_619_3e-4);
+    p = madd::<FMA>(p, x2, 4.893_524_6e-3);
+    let mut q = 1.198_258_4e-6;
+    q = madd::<FMA>(q, x2, 1.185_347e-4);
+    q = madd::<FMA>(q, x2, 2.268_434_6e-3);
+    q = madd::<FMA>(q, x2, 4.893_525e-3);
+    xc * p / q
 }
 
 #[cfg(test)]
@@ -194,7 +196,7 @@ mod tests {
         }
         assert!(e_exp < 4e-7, "exp relative error {e_exp:e}");
         assert!(e_sig < 4e-7, "sigmoid relative error {e_sig:e}");
-        assert!(e_tanh < 2.5e-7, "tanh relative error {e_tanh:e}");
+        assert!(e_tanh < 5e-7, "tanh relative error {e_tanh:e}");
         assert_eq!(tanh::<false>(0.0), 0.0);
         assert!(sigmoid::<false>(-200.0) < 1e-37);
         assert_eq!(sigmoid::<false>(200.0), 1.0);
