@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use candle_core::{DType, Result, Tensor};
 
 use super::matmul::small_matmul;
-use super::sequence::{self, Dims, Prepared, State};
+use super::sequence::{self, Dims, Mode, Prepared, State};
 use super::{loss::softmax_row, threads};
 use crate::nn::spec::Cell;
 use crate::nn::Network;
@@ -102,6 +102,11 @@ impl Engine {
         let v = self.vocab;
         let mut out = vec![0.0f32; batch * v];
         let blocks = batch.div_ceil(BLOCK_ROWS);
+        // Blocks spread over the workers; a single block (a small batch)
+        // spreads its large products instead.
+        let mode = Mode::Infer {
+            threads: if blocks == 1 { threads::threads() } else { 1 },
+        };
         let out_ptr = OutPtr(out.as_mut_ptr());
         threads::for_each(blocks, |i| {
             let r0 = i * BLOCK_ROWS;
@@ -114,6 +119,7 @@ impl Engine {
                     &ids[r0 * steps..(r0 + rows) * steps],
                     rows,
                     steps,
+                    mode,
                     &mut s.borrow_mut(),
                     dst,
                 )
@@ -122,7 +128,15 @@ impl Engine {
         out
     }
 
-    fn run_block(&self, ids: &[u32], rows: usize, steps: usize, s: &mut Scratch, out: &mut [f32]) {
+    fn run_block(
+        &self,
+        ids: &[u32],
+        rows: usize,
+        steps: usize,
+        mode: Mode,
+        s: &mut Scratch,
+        out: &mut [f32],
+    ) {
         let e = self.embedding_dim;
         // Time-major embedding lookup.
         s.input.resize(steps * rows * e, 0.0);
@@ -142,7 +156,7 @@ impl Engine {
                 units: layer.units,
                 dirs: layer.dirs,
             };
-            sequence::forward(&d, &s.input, &layer.weights, &mut s.state, false);
+            sequence::forward(&d, &s.input, &layer.weights, &mut s.state, mode);
             std::mem::swap(&mut s.input, &mut s.state.h);
             dims = Some(d);
         }

@@ -243,9 +243,67 @@ fn small_matmul_impl<const FMA: bool>(
     ldc: usize,
     accumulate: bool,
 ) {
-    // SAFETY: the caller's contract (see small_matmul).
-    unsafe {
+    // Rows of `b` per pass: a column panel of a pass touches few enough
+    // rows (pages) to stay in the TLB and the prefetchers' reach. Each
+    // row of the result still sums over k in order, whatever m is.
+    const KC: usize = 128;
+    let mut p0 = 0;
+    while p0 < k {
+        let kc = KC.min(k - p0);
+        // SAFETY: the caller's contract (see small_matmul).
+        unsafe {
+            columns::<FMA>(
+                m,
+                n,
+                kc,
+                a.add(p0 * a_cs),
+                a_rs,
+                a_cs,
+                b.add(p0 * ldb),
+                ldb,
+                c,
+                ldc,
+                accumulate || p0 > 0,
+            );
+        }
+        p0 += kc;
+    }
+    if k == 0 && !accumulate {
+        for r in 0..m {
+            // SAFETY: as above.
+            unsafe { std::ptr::write_bytes(c.add(r * ldc), 0, n) };
+        }
+    }
+}
+
+/// All column panels of `c (+)= a b` for one pass over k.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn columns<const FMA: bool>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    {
         let mut j = 0;
+        if m == 1 {
+            // One row (a single sequence): wide panels, so each step of k
+            // reads a long contiguous run of `b` and keeps 16 independent
+            // accumulators busy.
+            while j + 256 <= n {
+                let (bj, cj) = (b.add(j), c.add(j));
+                block::<FMA, 1, 256>(k, a, a_rs, a_cs, bj, ldb, cj, ldc, accumulate);
+                j += 256;
+            }
+        }
         while j + 64 <= n {
             let (bj, cj) = (b.add(j), c.add(j));
             panel::<FMA, 64>(m, k, a, a_rs, a_cs, bj, ldb, cj, ldc, accumulate);
@@ -327,9 +385,14 @@ pub fn set_gemm_min_macs(macs: usize) {
     GEMM_MIN_MACS.store(macs, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// [`product`] on the calling thread through the register-blocked kernel
-/// only: each row of the result is summed in the same order whatever the
-/// other rows, so results do not depend on the batch around them.
+/// Products from this many multiply-adds on are worth splitting by columns
+/// in [`product_rowwise`].
+const ROWWISE_SPLIT_MACS: usize = 1 << 20;
+
+/// [`product`] through the register-blocked kernel only: each element of
+/// the result is summed in one fixed order whatever the other rows, so
+/// results do not depend on the batch around them. Large products are
+/// split by columns over up to `threads` workers (which keeps that order).
 ///
 /// # Safety
 /// As for [`matmul`].
@@ -342,21 +405,43 @@ pub unsafe fn product_rowwise(
     accumulate: bool,
     a: Mat,
     b: Mat,
+    threads: usize,
 ) {
     debug_assert_eq!(b.cs, 1, "b is row-major");
-    small_matmul(
-        m,
-        n,
-        k,
-        a.ptr,
-        a.rs as usize,
-        a.cs as usize,
-        b.ptr,
-        b.rs as usize,
-        dst.ptr,
-        dst.ld,
-        accumulate,
-    );
+    let chunks = if m * n * k >= ROWWISE_SPLIT_MACS {
+        threads.min(n / 64).max(1)
+    } else {
+        1
+    };
+    let run = |i: usize| {
+        let (a, b, dst) = (&a, &b, &dst);
+        // Column ranges in whole 64-column panels.
+        let panels = n.div_ceil(64);
+        let (j0, j1) = (
+            (panels * i / chunks * 64).min(n),
+            (panels * (i + 1) / chunks * 64).min(n),
+        );
+        if j1 > j0 {
+            small_matmul(
+                m,
+                j1 - j0,
+                k,
+                a.ptr,
+                a.rs as usize,
+                a.cs as usize,
+                b.ptr.add(j0),
+                b.rs as usize,
+                dst.ptr.add(j0),
+                dst.ld,
+                accumulate,
+            );
+        }
+    };
+    if chunks > 1 {
+        super::threads::for_each(chunks, run);
+    } else {
+        run(0);
+    }
 }
 
 /// `dst[m, n] (+)= a[m, k] b[k, n]` with `b` row-major (columns
@@ -437,6 +522,9 @@ mod small_tests {
             (6, 80, 5),
             (32, 256, 64),
             (5, 15, 0),
+            (9, 8, 40),
+            (1, 600, 300),
+            (2, 300, 260),
         ] {
             let a: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 7) % 11) as f32 * 0.1 - 0.5)
@@ -513,5 +601,35 @@ mod small_tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn rowwise_products_do_not_depend_on_rows_or_threads() {
+        let (m, n, k) = (3, 1100, 400);
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 13) % 29) as f32 * 0.03 - 0.4)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 7) % 31) as f32 * 0.02 - 0.3)
+            .collect();
+        let run = |rows: usize, threads: usize| {
+            let mut c = vec![0.5f32; rows * n];
+            unsafe {
+                product_rowwise(
+                    rows,
+                    n,
+                    k,
+                    MatMut::rows(&mut c, n),
+                    true,
+                    Mat::rows(&a, k),
+                    Mat::rows(&b, n),
+                    threads,
+                )
+            };
+            c
+        };
+        let all = run(m, 1);
+        assert_eq!(run(m, 3), all);
+        assert_eq!(run(1, 2)[..], all[..n]);
     }
 }

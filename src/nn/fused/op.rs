@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use candle_core::{bail, CpuStorage, CustomOp2, Device, Layout, Result, Shape, Storage, Tensor};
 
 use super::matmul::{product, threads_for, Mat, MatMut};
-use super::sequence::{self, Dims, State};
+use super::sequence::{self, Dims, Mode, State};
 use super::threads;
 use crate::nn::recurrent::RecurrentLayer;
 use crate::nn::{Dropout, Network};
@@ -272,7 +272,7 @@ impl NetworkOp {
                     Some(x) => x,
                     None => &states[i - 1].h,
                 };
-                sequence::forward(d, x, &weights, &mut state, true);
+                sequence::forward(d, x, &weights, &mut state, Mode::Train);
             }
             states.push(state);
             if i + 1 < s.layers.len() {

@@ -196,12 +196,25 @@ struct Ptr(*mut f32);
 unsafe impl Send for Ptr {}
 unsafe impl Sync for Ptr {}
 
-/// Runs the layer forward. `parallel` lets it use the kernel pool and the
-/// fastest product for each size; without it (inference, where the caller
-/// already runs one batch block per worker) it stays on the calling thread
-/// and every product sums each row in one fixed order, so a sequence gets
-/// bit-for-bit the same result alone or in any batch.
-pub fn forward(d: &Dims, x: &[f32], weights: &Prepared, state: &mut State, parallel: bool) {
+/// How [`forward`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Training: the kernel pool, and the fastest product for each size.
+    Train,
+    /// Inference: every product sums each row in one fixed order, so a
+    /// sequence gets bit-for-bit the same result alone or in any batch;
+    /// with `threads` > 1, directions and the columns of large products
+    /// are spread over that many workers.
+    Infer { threads: usize },
+}
+
+/// Runs the layer forward.
+pub fn forward(d: &Dims, x: &[f32], weights: &Prepared, state: &mut State, mode: Mode) {
+    let parallel = mode == Mode::Train;
+    let infer_threads = match mode {
+        Mode::Train => 1,
+        Mode::Infer { threads } => threads.max(1),
+    };
     let (t_len, b, gh, h) = (d.steps, d.batch, d.gate_width(), d.units);
     let tb = t_len * b;
     assert_eq!(x.len(), tb * d.input, "input is [T, B, I]");
@@ -236,16 +249,17 @@ pub fn forward(d: &Dims, x: &[f32], weights: &Prepared, state: &mut State, paral
             if parallel {
                 product(tb, gh, d.input, dst, true, a, b, threads)
             } else {
-                product_rowwise(tb, gh, d.input, dst, true, a, b)
+                product_rowwise(tb, gh, d.input, dst, true, a, b, threads)
             }
         }
     };
-    let gemm_threads = if parallel {
-        threads_for(tb, gh, d.input, threads::threads())
+    let available = if parallel {
+        threads::threads()
     } else {
-        1
+        infer_threads
     };
-    if parallel && d.dirs > 1 && gemm_threads < d.dirs {
+    let gemm_threads = threads_for(tb, gh, d.input, available);
+    if available > 1 && d.dirs > 1 && gemm_threads < d.dirs {
         threads::for_each(d.dirs, |dir| project(dir, 1));
     } else {
         (0..d.dirs).for_each(|dir| project(dir, gemm_threads));
@@ -270,9 +284,9 @@ pub fn forward(d: &Dims, x: &[f32], weights: &Prepared, state: &mut State, paral
     let route = if parallel {
         Route::Fast(step_threads(items.len()))
     } else {
-        Route::RowWise
+        Route::RowWise((infer_threads / items.len()).max(1))
     };
-    threads::for_each(items.len(), |i| {
+    let run = |i: usize| {
         let (dir, r0, r1) = items[i];
         // SAFETY: items cover disjoint (direction, rows) blocks.
         unsafe {
@@ -289,7 +303,12 @@ pub fn forward(d: &Dims, x: &[f32], weights: &Prepared, state: &mut State, paral
                 &zeros,
             )
         }
-    });
+    };
+    if available > 1 {
+        threads::for_each(items.len(), run);
+    } else {
+        (0..items.len()).for_each(run);
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -685,10 +704,12 @@ unsafe fn backward_block(
 /// How a recurrent loop runs its per-step products.
 #[derive(Clone, Copy)]
 enum Route {
-    /// The fastest kernel for the size, split over this many threads.
+    /// The fastest kernel for the size, split by rows over this many
+    /// threads.
     Fast(usize),
-    /// The row-wise kernel on the calling thread (see [`forward`]).
-    RowWise,
+    /// The row-wise kernel (see [`Mode::Infer`]), large products split by
+    /// columns over this many threads.
+    RowWise(usize),
 }
 
 /// Threads for each per-step product when `items` loop items share the
@@ -713,7 +734,7 @@ unsafe fn forward_product(
 ) {
     match route {
         Route::Fast(threads) => product(m, n, k, dst, accumulate, a, b, threads),
-        Route::RowWise => product_rowwise(m, n, k, dst, accumulate, a, b),
+        Route::RowWise(threads) => product_rowwise(m, n, k, dst, accumulate, a, b, threads),
     }
 }
 
