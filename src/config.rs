@@ -49,6 +49,10 @@ pub struct ServeArgs {
     pub health_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub security: SecurityArgs,
+    /// Threads the fused CPU kernels (f32 training and inference) use, the
+    /// calling thread included; 0 means one per core. Set once per process.
+    #[arg(long, env = "LSTMD_KERNEL_THREADS", default_value_t = 0)]
+    pub kernel_threads: usize,
     #[command(flatten)]
     pub limits: LimitArgs,
 }

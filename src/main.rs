@@ -23,6 +23,8 @@ fn main() -> anyhow::Result<()> {
     let Command::Serve(args) = cli.command;
     // candle reads /proc/cpuinfo on every matmul unless this is set; it must
     // be set before any thread or candle call exists.
+    // Reuse freed memory rather than re-faulting pages every training step.
+    lstmd::nn::fused::memory::keep_freed_memory();
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         // SAFETY: still single-threaded here.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", args.matmul_threads.to_string()) };

@@ -112,6 +112,7 @@ pub async fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<RunningServer> {
     let device = parse_device(&args.device).map_err(anyhow::Error::msg)?;
+    crate::nn::fused::threads::configure(args.kernel_threads);
     // Settings that can be wrong are checked before anything starts.
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls_config(&args.security)? {

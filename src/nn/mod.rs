@@ -1,5 +1,6 @@
 //! candle models: spec -> network, recurrent layers, summary, weight naming.
 //! Knows nothing of gRPC.
+pub mod fused;
 pub mod naming;
 pub mod network;
 pub mod recurrent;

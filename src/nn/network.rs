@@ -5,6 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::fused;
 use super::naming::{self, direction_names, DENSE_BIAS, DENSE_WEIGHT, EMBEDDING};
 use super::recurrent::{DirectionWeights, LayerState, RecurrentLayer};
 use super::spec::ModelSpec;
@@ -15,10 +16,10 @@ use super::NnError;
 #[derive(Clone, Debug)]
 pub struct Network {
     pub spec: ModelSpec,
-    embedding: Tensor,
-    layers: Vec<RecurrentLayer>,
-    dense_weight: Tensor,
-    dense_bias: Tensor,
+    pub(crate) embedding: Tensor,
+    pub(crate) layers: Vec<RecurrentLayer>,
+    pub(crate) dense_weight: Tensor,
+    pub(crate) dense_bias: Tensor,
 }
 
 /// Seeded inverted dropout, so training runs are reproducible.
@@ -35,24 +36,66 @@ impl Dropout {
         Self { rng }
     }
 
+    /// The mask for `n` elements, in draw order: 0 with probability `p`,
+    /// 1 / (1 - p) otherwise. Draws the random words in bulk; element i
+    /// is dropped when the i-th `f32` `rng.random()` would give would be
+    /// below `p` (the same 24 high bits, compared as an integer).
+    fn mask(&mut self, n: usize, p: f32) -> Vec<f32> {
+        let keep = 1.0 / (1.0 - p);
+        let mut words = vec![0u32; n];
+        self.rng.fill(&mut words[..]);
+        // u >> 8 < p * 2^24  <=>  (u >> 8) as f32 * 2^-24 < p (exact: both
+        // sides are scaled by a power of two).
+        let threshold = p * (1u32 << 24) as f32;
+        words
+            .iter()
+            .map(|&u| {
+                if ((u >> 8) as f32) < threshold {
+                    0.0
+                } else {
+                    keep
+                }
+            })
+            .collect()
+    }
+
     /// Zeroes each element with probability `p` and scales the rest by
     /// 1 / (1 - p).
     pub fn apply(&mut self, x: &Tensor, p: f32) -> candle_core::Result<Tensor> {
         if p <= 0.0 {
             return Ok(x.clone());
         }
-        let keep = 1.0 / (1.0 - p);
-        let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| {
-                if self.rng.random::<f32>() < p {
-                    0.0
-                } else {
-                    keep
-                }
-            })
-            .collect();
+        let mask = self.mask(x.elem_count(), p);
         let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
         x * mask
+    }
+
+    /// The mask `apply` would draw for a batch-major [B, T, W] tensor, laid
+    /// out time-major [T, B, W]; None when `p` is 0 (no draws).
+    pub(crate) fn time_major_mask(
+        &mut self,
+        b: usize,
+        t: usize,
+        w: usize,
+        p: f32,
+    ) -> Option<Vec<f32>> {
+        if p <= 0.0 {
+            return None;
+        }
+        let drawn = self.mask(b * t * w, p);
+        let mut mask = vec![0.0f32; drawn.len()];
+        for (bi, rows) in drawn.chunks_exact(t * w).enumerate() {
+            for (ti, row) in rows.chunks_exact(w).enumerate() {
+                mask[(ti * b + bi) * w..][..w].copy_from_slice(row);
+            }
+        }
+        Some(mask)
+    }
+
+    /// The mask `apply` would draw for a tensor of `n` elements; None when
+    /// `p` is 0 (no draws).
+    pub(crate) fn batch_mask(&mut self, n: usize, p: f32) -> Option<Vec<f32>> {
+        (p > 0.0).then(|| self.mask(n, p))
     }
 }
 
@@ -118,7 +161,23 @@ impl Network {
 
     /// `ids`: u32 [B, T] -> logits [B, vocab]. With `dropout`, the spec's
     /// dropout layers are active (training); without, they are identity.
+    /// f32 on the CPU runs the fused kernels; anything else the composed
+    /// candle ops. Both give the same values and gradients (to rounding)
+    /// and, from the same `Dropout`, the same masks.
     pub fn forward(
+        &self,
+        ids: &Tensor,
+        dropout: Option<&mut Dropout>,
+    ) -> candle_core::Result<Tensor> {
+        if fused::supported(&self.embedding) {
+            self.forward_fused(ids, dropout)
+        } else {
+            self.forward_composed(ids, dropout)
+        }
+    }
+
+    /// The forward pass from candle tensor ops (any device and dtype).
+    pub fn forward_composed(
         &self,
         ids: &Tensor,
         mut dropout: Option<&mut Dropout>,
@@ -140,6 +199,16 @@ impl Network {
         }
         x.matmul(&self.dense_weight.t()?)?
             .broadcast_add(&self.dense_bias)
+    }
+
+    /// The forward pass through the fused kernels (f32, CPU): the whole
+    /// network as one custom op.
+    pub fn forward_fused(
+        &self,
+        ids: &Tensor,
+        dropout: Option<&mut Dropout>,
+    ) -> candle_core::Result<Tensor> {
+        fused::network_forward(self, ids, dropout)
     }
 }
 
@@ -207,4 +276,29 @@ pub fn initial_parameters(
         ));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bulk_mask_matches_one_draw_per_element() {
+        let p = 0.37;
+        let mut bulk = Dropout::new(9);
+        let mut single = ChaCha8Rng::seed_from_u64(9);
+        for n in [1, 7, 64, 1000] {
+            let keep = 1.0 / (1.0 - p);
+            let want: Vec<f32> = (0..n)
+                .map(|_| {
+                    if single.random::<f32>() < p {
+                        0.0
+                    } else {
+                        keep
+                    }
+                })
+                .collect();
+            assert_eq!(bulk.mask(n, p), want);
+        }
+    }
 }

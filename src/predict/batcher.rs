@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::infer::next_token_probabilities;
-use crate::nn::Network;
+use super::infer::Inference;
 
 #[derive(Clone, Copy, Debug)]
 pub struct BatchingConfig {
@@ -48,12 +47,12 @@ pub enum SubmitError {
 }
 
 impl Batcher {
-    /// Starts the batching task for `network`; it ends when the batcher is
+    /// Starts the batching task for `inference`; it ends when the batcher is
     /// dropped.
-    pub fn start(network: Arc<Network>, config: BatchingConfig) -> Self {
+    pub fn start(inference: Arc<Inference>, config: BatchingConfig) -> Self {
         let (tx, rx) = mpsc::channel(config.max_queue.max(1));
         let passes = Arc::new(AtomicU64::new(0));
-        tokio::spawn(run(network, config, rx, Arc::clone(&passes)));
+        tokio::spawn(run(inference, config, rx, Arc::clone(&passes)));
         Self { tx, passes }
     }
 
@@ -79,7 +78,7 @@ impl Batcher {
 }
 
 async fn run(
-    network: Arc<Network>,
+    inference: Arc<Inference>,
     config: BatchingConfig,
     mut rx: mpsc::Receiver<(Request, Instant)>,
     passes: Arc<AtomicU64>,
@@ -123,9 +122,9 @@ async fn run(
             .iter()
             .flat_map(|(r, _)| r.sequences.iter().cloned())
             .collect();
-        let net = Arc::clone(&network);
+        let model = Arc::clone(&inference);
         let result =
-            tokio::task::spawn_blocking(move || next_token_probabilities(&net, &all)).await;
+            tokio::task::spawn_blocking(move || model.next_token_probabilities(&all)).await;
         let mut probs = match result {
             Ok(Ok(p)) => p.into_iter(),
             Ok(Err(e)) => {

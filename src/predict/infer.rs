@@ -4,20 +4,67 @@ use std::collections::BTreeMap;
 use candle_core::Tensor;
 use rand::Rng;
 
+use crate::nn::fused::Engine;
 use crate::nn::Network;
 
-/// Softmax over the vocabulary for each sequence. Sequences are grouped by
-/// length, so no padding enters any result.
-pub fn next_token_probabilities(
-    network: &Network,
-    sequences: &[Vec<u32>],
-) -> candle_core::Result<Vec<Vec<f32>>> {
+/// What runs a model's forward passes: the fused engine on the CPU in f32,
+/// candle's composed ops elsewhere (CUDA, f64).
+pub struct Inference {
+    pub network: Network,
+    engine: Option<Engine>,
+}
+
+impl Inference {
+    pub fn new(network: Network) -> candle_core::Result<Self> {
+        let engine = Engine::new(&network)?;
+        Ok(Self { network, engine })
+    }
+
+    /// Softmax over the vocabulary for each sequence.
+    pub fn next_token_probabilities(
+        &self,
+        sequences: &[Vec<u32>],
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
+        match &self.engine {
+            Some(engine) => Ok(engine_probabilities(engine, sequences)),
+            None => next_token_probabilities(&self.network, sequences),
+        }
+    }
+}
+
+/// Groups sequence indices by length, so no padding enters any result.
+fn by_length(sequences: &[Vec<u32>]) -> BTreeMap<usize, Vec<usize>> {
     let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, s) in sequences.iter().enumerate() {
         by_len.entry(s.len()).or_default().push(i);
     }
+    by_len
+}
+
+fn engine_probabilities(engine: &Engine, sequences: &[Vec<u32>]) -> Vec<Vec<f32>> {
+    let v = engine.vocab_size();
     let mut out = vec![Vec::new(); sequences.len()];
-    for (len, members) in by_len {
+    for (len, members) in by_length(sequences) {
+        let flat: Vec<u32> = members
+            .iter()
+            .flat_map(|&i| sequences[i].iter().copied())
+            .collect();
+        let probs = engine.probabilities(&flat, members.len(), len);
+        for (row, i) in probs.chunks_exact(v).zip(members) {
+            out[i] = row.to_vec();
+        }
+    }
+    out
+}
+
+/// Softmax over the vocabulary for each sequence, through candle tensor
+/// ops (any device).
+pub fn next_token_probabilities(
+    network: &Network,
+    sequences: &[Vec<u32>],
+) -> candle_core::Result<Vec<Vec<f32>>> {
+    let mut out = vec![Vec::new(); sequences.len()];
+    for (len, members) in by_length(sequences) {
         let flat: Vec<u32> = members
             .iter()
             .flat_map(|&i| sequences[i].iter().copied())

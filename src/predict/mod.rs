@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use batcher::{Batcher, BatchingConfig, SubmitError};
 use cache::ModelCache;
-use infer::{next_token_probabilities, sample, top_k_of};
+use infer::{sample, top_k_of, Inference};
 use sessions::Sessions;
 
 use crate::data::vocabulary::check_ids;
@@ -115,7 +115,7 @@ pub struct LoadedModel {
     pub name: String,
     pub version: u32,
     pub info: ModelInfo,
-    pub network: Arc<Network>,
+    pub inference: Arc<Inference>,
     pub batcher: Batcher,
 }
 
@@ -191,14 +191,14 @@ impl Predictor {
                     .expect("model load does not panic")?;
                 let bytes = model.1;
                 let (name, version, info, network) = model.0;
-                let network = Arc::new(network);
-                let batcher = Batcher::start(Arc::clone(&network), batching);
+                let inference = Arc::new(Inference::new(network)?);
+                let batcher = Batcher::start(Arc::clone(&inference), batching);
                 Ok::<_, PredictError>((
                     Arc::new(LoadedModel {
                         name,
                         version,
                         info,
-                        network,
+                        inference,
                         batcher,
                     }),
                     bytes,
@@ -326,7 +326,7 @@ impl Predictor {
         version: Option<u32>,
     ) -> Result<(String, Arc<LoadedModel>), PredictError> {
         let model = self.model(name, version).await?;
-        if !model.network.is_stateful() {
+        if !model.inference.network.is_stateful() {
             return Err(PredictError::NotStateful(format!(
                 "{}@{}",
                 model.name, model.version
@@ -361,9 +361,10 @@ impl Predictor {
         )?;
         let ids = self.encode(&model, "tokens", input)?;
         let states = session.states.take();
-        let network = Arc::clone(&model.network);
+        let inference = Arc::clone(&model.inference);
         let n = ids.len();
         let result = tokio::task::spawn_blocking(move || -> candle_core::Result<_> {
+            let network = &inference.network;
             let x = Tensor::from_vec(ids, (1, n), network.device())?;
             let (logits, states) = network.forward_from(&x, states.as_deref())?;
             let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
@@ -416,7 +417,7 @@ impl Predictor {
         let (tx, rx) = mpsc::channel(16);
         tokio::task::spawn_blocking(move || {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(params.seed);
-            let network = &model.network;
+            let network = &model.inference.network;
             let run = || -> candle_core::Result<()> {
                 let step = |ids: &[u32], states: Option<&[crate::nn::LayerState]>| {
                     let x = Tensor::from_slice(ids, (1, ids.len()), network.device())?;
@@ -435,7 +436,9 @@ impl Predictor {
                     (p, Some(s))
                 } else {
                     (
-                        next_token_probabilities(network, std::slice::from_ref(&sequence))?
+                        model
+                            .inference
+                            .next_token_probabilities(std::slice::from_ref(&sequence))?
                             .remove(0),
                         None,
                     )
@@ -453,7 +456,9 @@ impl Predictor {
                         states = Some(s);
                     } else {
                         let start = sequence.len().saturating_sub(max_len);
-                        probs = next_token_probabilities(network, &[sequence[start..].to_vec()])?
+                        probs = model
+                            .inference
+                            .next_token_probabilities(&[sequence[start..].to_vec()])?
                             .remove(0);
                     }
                 }

@@ -212,7 +212,7 @@ fn evaluate(
     for chunk in indices.chunks(1024) {
         let (x, y) = batch_tensors(windows, chunk, device, &mut ids, &mut targets)?;
         let logits = network.forward(&x, None)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64;
+        let loss = crate::nn::fused::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64;
         tally.add(&logits, &y, loss)?;
     }
     Ok(tally)
@@ -370,7 +370,7 @@ pub fn train(input: TrainInput, observer: &mut dyn TrainObserver) -> Result<Trai
             let non_finite = |what: String| TrainError::NonFinite { epoch, batch, what };
             let (x, y) = batch_tensors(&windows, chunk, device, &mut ids, &mut targets)?;
             let logits = network.forward(&x, Some(&mut dropout))?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+            let loss = crate::nn::fused::cross_entropy(&logits, &y)?;
             let loss_value = loss.to_scalar::<f32>()? as f64;
             if !loss_value.is_finite() {
                 return Err(non_finite(format!("loss is {loss_value}")));

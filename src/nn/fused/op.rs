@@ -1,0 +1,461 @@
+//! The fused network as one candle custom op, so `loss.backward()` reaches
+//! it: token ids in, logits out, every parameter packed into one vector (a
+//! `cat` of the named tensors, whose backward hands each its gradient).
+//! Inside, the embedding lookup, every recurrent layer (all directions,
+//! all steps), the dropout masks and the dense layer run on plain slices,
+//! time-major; the forward keeps what the backward needs.
+use std::sync::Mutex;
+
+use candle_core::{bail, CpuStorage, CustomOp2, Device, Layout, Result, Shape, Storage, Tensor};
+
+use super::matmul::{product, threads_for, Mat, MatMut};
+use super::sequence::{self, Dims, Mode, State};
+use super::threads;
+use crate::nn::recurrent::RecurrentLayer;
+use crate::nn::{Dropout, Network};
+
+/// The layer's parameters in the packed order `sequence` expects.
+pub fn pack_parameters(layer: &RecurrentLayer) -> Result<Tensor> {
+    let mut parts = Vec::with_capacity(8);
+    for w in std::iter::once(&layer.forward).chain(layer.reverse.as_ref()) {
+        parts.push(w.weight_ih.flatten_all()?);
+        parts.push(w.weight_hh.flatten_all()?);
+        parts.push(w.bias_ih.clone());
+        parts.push(w.bias_hh.clone());
+    }
+    Tensor::cat(&parts, 0)
+}
+
+/// Every parameter of the network in one vector: embedding, each layer
+/// packed as `sequence` expects, dense weight, dense bias.
+fn pack_network(net: &Network) -> Result<Tensor> {
+    let mut parts = vec![net.embedding.flatten_all()?];
+    for layer in &net.layers {
+        for w in std::iter::once(&layer.forward).chain(layer.reverse.as_ref()) {
+            parts.push(w.weight_ih.flatten_all()?);
+            parts.push(w.weight_hh.flatten_all()?);
+            parts.push(w.bias_ih.clone());
+            parts.push(w.bias_hh.clone());
+        }
+    }
+    parts.push(net.dense_weight.flatten_all()?);
+    parts.push(net.dense_bias.clone());
+    Tensor::cat(&parts, 0)
+}
+
+/// Logits [B, vocab] for `ids` u32 [B, T] through the fused kernels. With
+/// `dropout`, the spec's dropout layers are active, with the masks (and
+/// the random draws) the composed path would use.
+pub fn network_forward(
+    net: &Network,
+    ids: &Tensor,
+    dropout: Option<&mut Dropout>,
+) -> Result<Tensor> {
+    let (batch, steps) = ids.dims2()?;
+    if steps == 0 {
+        bail!("fused network: the sequences are empty");
+    }
+    let shape = NetShape::new(net, batch, steps);
+    let masks = Masks::draw(net, &shape, dropout);
+    let params = pack_network(net)?;
+    ids.to_dtype(candle_core::DType::U32)?
+        .contiguous()?
+        .apply_op2(
+            &params,
+            NetworkOp {
+                shape,
+                masks,
+                saved: Mutex::new(None),
+            },
+        )
+}
+
+/// Sizes and parameter offsets of one call.
+struct NetShape {
+    batch: usize,
+    steps: usize,
+    vocab: usize,
+    embedding_dim: usize,
+    layers: Vec<Dims>,
+    /// Start of each layer's packed parameters, then of the dense weight,
+    /// then of the dense bias, then the total.
+    offsets: Vec<usize>,
+}
+
+impl NetShape {
+    fn new(net: &Network, batch: usize, steps: usize) -> Self {
+        let spec = &net.spec;
+        let mut input = spec.embedding_dim;
+        let mut offset = spec.vocab_size * spec.embedding_dim;
+        let mut offsets = Vec::new();
+        let mut layers = Vec::new();
+        for l in &spec.layers {
+            let d = Dims {
+                cell: l.cell,
+                steps,
+                batch,
+                input,
+                units: l.units,
+                dirs: l.directions(),
+            };
+            offsets.push(offset);
+            offset += d.param_len();
+            input = d.width();
+            layers.push(d);
+        }
+        offsets.push(offset);
+        offset += spec.vocab_size * input;
+        offsets.push(offset);
+        offsets.push(offset + spec.vocab_size);
+        Self {
+            batch,
+            steps,
+            vocab: spec.vocab_size,
+            embedding_dim: spec.embedding_dim,
+            layers,
+            offsets,
+        }
+    }
+
+    fn width(&self) -> usize {
+        self.layers.last().map_or(self.embedding_dim, Dims::width)
+    }
+
+    fn layer_params<'a>(&self, params: &'a [f32], i: usize) -> &'a [f32] {
+        &params[self.offsets[i]..self.offsets[i + 1]]
+    }
+
+    fn dense_weight<'a>(&self, params: &'a [f32]) -> &'a [f32] {
+        let n = self.layers.len();
+        &params[self.offsets[n]..self.offsets[n + 1]]
+    }
+
+    fn dense_bias<'a>(&self, params: &'a [f32]) -> &'a [f32] {
+        let n = self.layers.len();
+        &params[self.offsets[n + 1]..self.offsets[n + 2]]
+    }
+
+    fn param_len(&self) -> usize {
+        *self.offsets.last().expect("offsets end with the total")
+    }
+}
+
+/// Dropout masks of one training step, laid out like the tensors they
+/// scale (time-major inside the network, [B, W] after the last layer).
+struct Masks {
+    embedding: Option<Vec<f32>>,
+    layers: Vec<Option<Vec<f32>>>,
+}
+
+impl Masks {
+    fn draw(net: &Network, shape: &NetShape, dropout: Option<&mut Dropout>) -> Self {
+        let Some(d) = dropout else {
+            return Self {
+                embedding: None,
+                layers: vec![None; shape.layers.len()],
+            };
+        };
+        let (b, t) = (shape.batch, shape.steps);
+        let embedding = d.time_major_mask(b, t, shape.embedding_dim, net.spec.embedding_dropout);
+        let last = shape.layers.len() - 1;
+        let layers = net
+            .spec
+            .layers
+            .iter()
+            .zip(&shape.layers)
+            .enumerate()
+            .map(|(i, (l, dims))| {
+                if i < last {
+                    d.time_major_mask(b, t, dims.width(), l.dropout)
+                } else {
+                    d.batch_mask(b * dims.width(), l.dropout)
+                }
+            })
+            .collect();
+        Self { embedding, layers }
+    }
+}
+
+fn scale(x: &mut [f32], mask: Option<&Vec<f32>>) {
+    if let Some(m) = mask {
+        x.iter_mut().zip(m).for_each(|(v, m)| *v *= m);
+    }
+}
+
+/// What the forward keeps for the backward.
+struct Saved {
+    ids: Vec<u32>,
+    /// Each layer's input, time-major [T, B, I]; None where it is the
+    /// previous layer's hidden states as they are (no dropout between).
+    inputs: Vec<Option<Vec<f32>>>,
+    states: Vec<State>,
+    /// The dense layer's input [B, W] (final states, dropout applied).
+    last: Vec<f32>,
+}
+
+struct NetworkOp {
+    shape: NetShape,
+    masks: Masks,
+    saved: Mutex<Option<Saved>>,
+}
+
+/// Buffers of finished backward passes, for the next forwards: saves
+/// allocating (and the kernel zeroing fresh pages for) every step's
+/// activations. Only small states are kept; large models are dominated
+/// by arithmetic anyway.
+static SPARE: Mutex<Vec<State>> = Mutex::new(Vec::new());
+const SPARE_STATES: usize = 16;
+const SPARE_FLOATS: usize = 1 << 22;
+
+fn spare_state() -> State {
+    SPARE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop()
+        .unwrap_or_default()
+}
+
+fn recycle(state: State) {
+    if state.capacity() <= SPARE_FLOATS {
+        let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.len() < SPARE_STATES {
+            spare.push(state);
+        }
+    }
+}
+
+/// The f32 elements of a contiguous CPU storage.
+pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        bail!("fused kernels take f32 tensors");
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => bail!("fused kernels take contiguous tensors"),
+    }
+}
+
+/// Runs `f` on a CPU tensor's f32 elements (made contiguous first).
+pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => f(f32_slice(cpu, layout)?),
+        _ => bail!("fused kernels run on the CPU"),
+    }
+}
+
+impl NetworkOp {
+    fn forward(&self, ids: &[u32], params: &[f32]) -> Result<(Vec<f32>, Saved)> {
+        let s = &self.shape;
+        let (b, t, e, v) = (s.batch, s.steps, s.embedding_dim, s.vocab);
+        // Time-major embedding lookup.
+        let table = &params[..v * e];
+        let mut x0 = vec![0.0f32; t * b * e];
+        for (r, row_ids) in ids.chunks_exact(t).enumerate() {
+            for (ti, &id) in row_ids.iter().enumerate() {
+                let id = id as usize;
+                if id >= v {
+                    bail!("fused network: token id {id} is not below the vocabulary size {v}");
+                }
+                x0[(ti * b + r) * e..][..e].copy_from_slice(&table[id * e..][..e]);
+            }
+        }
+        scale(&mut x0, self.masks.embedding.as_ref());
+        let mut inputs = vec![Some(x0)];
+        let mut states: Vec<State> = Vec::with_capacity(s.layers.len());
+        for (i, d) in s.layers.iter().enumerate() {
+            let weights = sequence::prepare(d, s.layer_params(params, i));
+            let mut state = spare_state();
+            {
+                let x: &[f32] = match &inputs[i] {
+                    Some(x) => x,
+                    None => &states[i - 1].h,
+                };
+                sequence::forward(d, x, &weights, &mut state, Mode::Train);
+            }
+            states.push(state);
+            if i + 1 < s.layers.len() {
+                inputs.push(self.masks.layers[i].as_ref().map(|m| {
+                    let mut x = states[i].h.clone();
+                    scale(&mut x, Some(m));
+                    x
+                }));
+            }
+        }
+        let last_dims = s.layers.last().expect("a network has layers");
+        let mut last = Vec::new();
+        sequence::last_states(last_dims, &states[s.layers.len() - 1].h, &mut last);
+        scale(&mut last, self.masks.layers.last().and_then(Option::as_ref));
+        // Dense layer: logits = last W^T + bias.
+        let w = s.width();
+        let dense_t = sequence::transpose(s.dense_weight(params), v, w);
+        let mut logits = Vec::with_capacity(b * v);
+        for _ in 0..b {
+            logits.extend_from_slice(s.dense_bias(params));
+        }
+        let all = threads::threads();
+        // SAFETY: shapes as named; the buffers are distinct.
+        unsafe {
+            product(
+                b,
+                v,
+                w,
+                MatMut::rows(&mut logits, v),
+                true,
+                Mat::rows(&last, w),
+                Mat::rows(&dense_t, v),
+                threads_for(b, v, w, all),
+            );
+        }
+        Ok((
+            logits,
+            Saved {
+                ids: ids.to_vec(),
+                inputs,
+                states,
+                last,
+            },
+        ))
+    }
+
+    fn backward(&self, params: &[f32], saved: &mut Saved, dlogits: &[f32]) -> Result<Vec<f32>> {
+        let s = &self.shape;
+        let (b, t, e, v, w) = (s.batch, s.steps, s.embedding_dim, s.vocab, s.width());
+        let all = threads::threads();
+        let mut grads = vec![0.0f32; s.param_len()];
+        let n = s.layers.len();
+        // Dense layer.
+        let (head, tail) = grads.split_at_mut(s.offsets[n]);
+        let (d_dense_w, d_dense_b) = tail.split_at_mut(v * w);
+        let mut dy = vec![0.0f32; b * w];
+        // SAFETY: shapes as named; the buffers are distinct.
+        unsafe {
+            product(
+                v,
+                w,
+                b,
+                MatMut::rows(d_dense_w, w),
+                false,
+                Mat::rows(dlogits, v).t(),
+                Mat::rows(&saved.last, w),
+                threads_for(v, w, b, all),
+            );
+            product(
+                b,
+                w,
+                v,
+                MatMut::rows(&mut dy, w),
+                false,
+                Mat::rows(dlogits, v),
+                Mat::rows(s.dense_weight(params), w),
+                threads_for(b, w, v, all),
+            );
+        }
+        for row in dlogits.chunks_exact(v) {
+            d_dense_b.iter_mut().zip(row).for_each(|(g, d)| *g += d);
+        }
+        scale(&mut dy, self.masks.layers.last().and_then(Option::as_ref));
+        // Layers, last to first; dy becomes each layer's input gradient.
+        let mut dy_seq = false;
+        for i in (0..n).rev() {
+            let d = &s.layers[i];
+            let (before, rest) = head.split_at_mut(s.offsets[i]);
+            let _ = before;
+            let dparams = &mut rest[..d.param_len()];
+            let mut dx = vec![0.0f32; t * b * d.input];
+            {
+                let (prev_states, this) = saved.states.split_at_mut(i);
+                let state = &mut this[0];
+                let hs = std::mem::take(&mut state.h);
+                let x: &[f32] = match &saved.inputs[i] {
+                    Some(x) => x,
+                    None => &prev_states[i - 1].h,
+                };
+                sequence::backward(
+                    d,
+                    x,
+                    s.layer_params(params, i),
+                    state,
+                    &hs,
+                    &dy,
+                    dy_seq,
+                    &mut dx,
+                    dparams,
+                );
+                state.h = hs;
+            }
+            if i > 0 {
+                scale(&mut dx, self.masks.layers[i - 1].as_ref());
+            } else {
+                scale(&mut dx, self.masks.embedding.as_ref());
+            }
+            dy = dx;
+            dy_seq = true;
+        }
+        // Embedding: rows gather the gradients of their tokens.
+        let d_table = &mut grads[..v * e];
+        for (r, row_ids) in saved.ids.chunks_exact(t).enumerate() {
+            for (ti, &id) in row_ids.iter().enumerate() {
+                let src = &dy[(ti * b + r) * e..][..e];
+                d_table[id as usize * e..][..e]
+                    .iter_mut()
+                    .zip(src)
+                    .for_each(|(g, d)| *g += d);
+            }
+        }
+        Ok(grads)
+    }
+}
+
+impl CustomOp2 for NetworkOp {
+    fn name(&self) -> &'static str {
+        "fused-recurrent-network"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::U32(ids) = s1 else {
+            bail!("fused network: token ids must be u32");
+        };
+        let Some((a, z)) = l1.contiguous_offsets() else {
+            bail!("fused network: token ids must be contiguous");
+        };
+        let ids = &ids[a..z];
+        let params = f32_slice(s2, l2)?;
+        let s = &self.shape;
+        if ids.len() != s.batch * s.steps || params.len() != s.param_len() {
+            bail!("fused network: inputs do not match the network");
+        }
+        let (logits, saved) = self.forward(ids, params)?;
+        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(saved);
+        Ok((CpuStorage::F32(logits), Shape::from((s.batch, s.vocab))))
+    }
+
+    fn bwd(
+        &self,
+        _ids: &Tensor,
+        params: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let Some(mut saved) = self.saved.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            bail!("fused network: backward ran twice over one forward");
+        };
+        let grads = with_f32(params, |p| {
+            with_f32(grad, |dl| self.backward(p, &mut saved, dl))
+        })?;
+        for state in saved.states {
+            recycle(state);
+        }
+        Ok((
+            None,
+            Some(Tensor::from_vec(grads, params.shape(), &Device::Cpu)?),
+        ))
+    }
+}
