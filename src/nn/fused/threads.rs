@@ -193,7 +193,7 @@ fn helper(team: &'static Team, i: usize) {
             }
             std::hint::spin_loop();
             spins += 1;
-            if spins % 256 == 0 && start.elapsed() > SPIN {
+            if spins.is_multiple_of(256) && start.elapsed() > SPIN {
                 team.sleeping[i].store(true, Ordering::SeqCst);
                 let (epoch, n, next) = unpack(team.word.load(Ordering::SeqCst));
                 if !(epoch % 2 == 1 && next < n) {
