@@ -30,8 +30,10 @@ static REQUESTED: AtomicUsize = AtomicUsize::new(0);
 /// (usize::MAX: not read from the environment yet).
 static MIN_ROWS: AtomicUsize = AtomicUsize::new(usize::MAX);
 const DEFAULT_MIN_ROWS: usize = 16;
-/// How long an idle helper spins before it sleeps.
+/// How long an idle helper keeps looking for work before it sleeps.
 const SPIN: Duration = Duration::from_micros(300);
+/// Busy-wait rounds before a looking helper starts yielding its core.
+const HOT_SPINS: u32 = 2000;
 
 /// Sets the number of workers (the caller included); takes effect only
 /// before the first fused call. 0 means the number of cores.
@@ -183,7 +185,9 @@ fn helper(team: &'static Team, i: usize) {
         if work(team) {
             continue;
         }
-        // Spin a while for the next job, then sleep.
+        // Spin a little for the next job, then keep looking but yield the
+        // core to anything else runnable (on a busy machine, a spinning
+        // helper would take time from the caller itself), then sleep.
         let start = Instant::now();
         let mut spins = 0u32;
         loop {
@@ -191,9 +195,13 @@ fn helper(team: &'static Team, i: usize) {
             if epoch % 2 == 1 && next < n {
                 break;
             }
-            std::hint::spin_loop();
             spins += 1;
-            if spins.is_multiple_of(256) && start.elapsed() > SPIN {
+            if spins < HOT_SPINS {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+            if spins.is_multiple_of(64) && start.elapsed() > SPIN {
                 team.sleeping[i].store(true, Ordering::SeqCst);
                 let (epoch, n, next) = unpack(team.word.load(Ordering::SeqCst));
                 if !(epoch % 2 == 1 && next < n) {
@@ -246,9 +254,10 @@ pub fn for_each(n: usize, f: impl Fn(usize) + Send + Sync) {
     }
     work(team);
     // Wait for items the helpers are still running.
-    let start = Instant::now();
+    let mut spins = 0u32;
     while team.done.load(Ordering::Acquire) < n {
-        if start.elapsed() < SPIN {
+        spins += 1;
+        if spins < HOT_SPINS {
             std::hint::spin_loop();
         } else {
             std::thread::yield_now();
