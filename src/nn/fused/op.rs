@@ -276,11 +276,11 @@ impl NetworkOp {
             }
             states.push(state);
             if i + 1 < s.layers.len() {
-                inputs.push(self.masks.layers[i].as_ref().map(|m| {
-                    let mut x = states[i].h.clone();
-                    scale(&mut x, Some(m));
-                    x
-                }));
+                inputs.push(
+                    self.masks.layers[i]
+                        .as_ref()
+                        .map(|m| states[i].h.iter().zip(m).map(|(h, m)| h * m).collect()),
+                );
             }
         }
         let last_dims = s.layers.last().expect("a network has layers");
