@@ -123,17 +123,25 @@ pub struct Prepared {
     dirs: Vec<PreparedDir>,
 }
 
-/// `out[c, r] = m[r, c]` for a [rows, cols] matrix, in cache-sized tiles.
+/// `out[c, r] = m[r, c]` for a [rows, cols] matrix: eight rows at a time,
+/// read as eight sequential streams, written as runs of eight.
 pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const TILE: usize = 32;
+    assert_eq!(m.len(), rows * cols);
     let mut out = vec![0.0f32; rows * cols];
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    out[c * rows + r] = m[r * cols + c];
-                }
+    let mut r = 0;
+    while r + 8 <= rows {
+        let src: [&[f32]; 8] = std::array::from_fn(|i| &m[(r + i) * cols..(r + i + 1) * cols]);
+        for c in 0..cols {
+            let dst = &mut out[c * rows + r..c * rows + r + 8];
+            for (d, s) in dst.iter_mut().zip(&src) {
+                *d = s[c];
             }
+        }
+        r += 8;
+    }
+    for r in r..rows {
+        for c in 0..cols {
+            out[c * rows + r] = m[r * cols + c];
         }
     }
     out
@@ -743,5 +751,21 @@ fn column_sums(m: &[f32], cols: usize, out: &mut [f32]) {
     out.fill(0.0);
     for row in m.chunks_exact(cols) {
         out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn transpose_swaps_rows_and_columns() {
+        for (rows, cols) in [(1, 1), (3, 5), (8, 2), (19, 7), (256, 64)] {
+            let m: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let t = super::transpose(&m, rows, cols);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(t[c * rows + r], m[r * cols + c]);
+                }
+            }
+        }
     }
 }
