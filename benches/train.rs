@@ -7,6 +7,7 @@
 //! Environment: `BENCH_SECONDS` (timed loop length, default 1.0),
 //! `LSTMD_KERNEL_THREADS` (fused kernels' workers, default all cores),
 //! `RAYON_NUM_THREADS` (candle's matmul threads; default 1, the server's);
+//! `BENCH_GEMM_MIN_MACS` (products from this size go to gemm);
 //! `BENCH_PROFILE=train|composed|infer1|infer1024` runs only that loop,
 //! for about `BENCH_SECONDS`, on the selected configs at batch
 //! `BENCH_ROWS` (default 64; training), to run under a profiler; it also
@@ -191,6 +192,12 @@ fn cpu_seconds() -> f64 {
 fn main() {
     // As `lstmd serve` does at start.
     fused::memory::keep_freed_memory();
+    if let Some(macs) = std::env::var("BENCH_GEMM_MIN_MACS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        fused::matmul::set_gemm_min_macs(macs);
+    }
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         // SAFETY: no other thread exists yet.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };

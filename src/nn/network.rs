@@ -22,6 +22,33 @@ pub struct Network {
     pub(crate) dense_bias: Tensor,
 }
 
+/// One mask element from one random word: dropped (0) when the `f32` that
+/// `rng.random()` makes of the word, its 24 high bits times 2^-24, is below
+/// `p`; kept and scaled by 1 / (1 - p) otherwise.
+#[derive(Clone, Copy)]
+struct MaskScale {
+    /// p * 2^24: comparing the integer against it is exact.
+    threshold: f32,
+    keep: f32,
+}
+
+impl MaskScale {
+    fn new(p: f32) -> Self {
+        Self {
+            threshold: p * (1u32 << 24) as f32,
+            keep: 1.0 / (1.0 - p),
+        }
+    }
+
+    fn of(self, word: u32) -> f32 {
+        if ((word >> 8) as f32) < self.threshold {
+            0.0
+        } else {
+            self.keep
+        }
+    }
+}
+
 /// Seeded inverted dropout, so training runs are reproducible.
 pub struct Dropout {
     rng: ChaCha8Rng,
@@ -41,22 +68,10 @@ impl Dropout {
     /// is dropped when the i-th `f32` `rng.random()` would give would be
     /// below `p` (the same 24 high bits, compared as an integer).
     fn mask(&mut self, n: usize, p: f32) -> Vec<f32> {
-        let keep = 1.0 / (1.0 - p);
         let mut words = vec![0u32; n];
         self.rng.fill(&mut words[..]);
-        // u >> 8 < p * 2^24  <=>  (u >> 8) as f32 * 2^-24 < p (exact: both
-        // sides are scaled by a power of two).
-        let threshold = p * (1u32 << 24) as f32;
-        words
-            .iter()
-            .map(|&u| {
-                if ((u >> 8) as f32) < threshold {
-                    0.0
-                } else {
-                    keep
-                }
-            })
-            .collect()
+        let scale = MaskScale::new(p);
+        words.iter().map(|&u| scale.of(u)).collect()
     }
 
     /// Zeroes each element with probability `p` and scales the rest by
@@ -82,11 +97,21 @@ impl Dropout {
         if p <= 0.0 {
             return None;
         }
-        let drawn = self.mask(b * t * w, p);
-        let mut mask = vec![0.0f32; drawn.len()];
-        for (bi, rows) in drawn.chunks_exact(t * w).enumerate() {
+        let keep = 1.0 / (1.0 - p);
+        let threshold = p * (1u32 << 24) as f32;
+        let mut words = vec![0u32; b * t * w];
+        self.rng.fill(&mut words[..]);
+        let mut mask = vec![0.0f32; words.len()];
+        for (bi, rows) in words.chunks_exact(t * w).enumerate() {
             for (ti, row) in rows.chunks_exact(w).enumerate() {
-                mask[(ti * b + bi) * w..][..w].copy_from_slice(row);
+                let dst = &mut mask[(ti * b + bi) * w..][..w];
+                for (m, &u) in dst.iter_mut().zip(row) {
+                    *m = if ((u >> 8) as f32) < threshold {
+                        0.0
+                    } else {
+                        keep
+                    };
+                }
             }
         }
         Some(mask)

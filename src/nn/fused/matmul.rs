@@ -60,7 +60,7 @@ impl MatMut {
 
 /// `dst[m, n] (+)= a[m, k] * b[k, n]`: accumulates when `accumulate`,
 /// overwrites otherwise. `threads` > 1 lets gemm split the product over the
-/// current rayon pool.
+/// current rayon pool (the fused path splits products itself instead).
 ///
 /// # Safety
 /// Every view must cover the elements the shapes name, and `dst` must not

@@ -201,11 +201,12 @@ struct NetworkOp {
 
 /// Buffers of finished backward passes, for the next forwards: saves
 /// allocating (and the kernel zeroing fresh pages for) every step's
-/// activations. Only small states are kept; large models are dominated
+/// activations. Only small states are kept (at most 8 of up to 8 MB, so
+/// an idle process holds at most 64 MB here); large models are dominated
 /// by arithmetic anyway.
 static SPARE: Mutex<Vec<State>> = Mutex::new(Vec::new());
-const SPARE_STATES: usize = 16;
-const SPARE_FLOATS: usize = 1 << 22;
+const SPARE_STATES: usize = 8;
+const SPARE_FLOATS: usize = 1 << 21;
 
 fn spare_state() -> State {
     SPARE
@@ -276,11 +277,11 @@ impl NetworkOp {
             }
             states.push(state);
             if i + 1 < s.layers.len() {
-                inputs.push(self.masks.layers[i].as_ref().map(|m| {
-                    let mut x = states[i].h.clone();
-                    scale(&mut x, Some(m));
-                    x
-                }));
+                inputs.push(
+                    self.masks.layers[i]
+                        .as_ref()
+                        .map(|m| states[i].h.iter().zip(m).map(|(h, m)| h * m).collect()),
+                );
             }
         }
         let last_dims = s.layers.last().expect("a network has layers");

@@ -123,17 +123,25 @@ pub struct Prepared {
     dirs: Vec<PreparedDir>,
 }
 
-/// `out[c, r] = m[r, c]` for a [rows, cols] matrix, in cache-sized tiles.
+/// `out[c, r] = m[r, c]` for a [rows, cols] matrix: eight rows at a time,
+/// read as eight sequential streams, written as runs of eight.
 pub fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const TILE: usize = 32;
+    assert_eq!(m.len(), rows * cols);
     let mut out = vec![0.0f32; rows * cols];
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    out[c * rows + r] = m[r * cols + c];
-                }
+    let mut r = 0;
+    while r + 8 <= rows {
+        let src: [&[f32]; 8] = std::array::from_fn(|i| &m[(r + i) * cols..(r + i + 1) * cols]);
+        for c in 0..cols {
+            let dst = &mut out[c * rows + r..c * rows + r + 8];
+            for (d, s) in dst.iter_mut().zip(&src) {
+                *d = s[c];
             }
+        }
+        r += 8;
+    }
+    for r in r..rows {
+        for c in 0..cols {
+            out[c * rows + r] = m[r * cols + c];
         }
     }
     out
@@ -484,89 +492,89 @@ pub fn backward(
 
     // Weight and bias gradients, and dx, from whole-sequence products.
     let all = threads::threads();
-    {
-        for dir in 0..d.dirs {
-            let p = split_params(d, params, dir);
-            let gates = &state.gates[dir];
-            let extra = &state.extra[dir];
-            let g = split_params_mut(d, dparams, dir);
-            let da = Mat::rows(gates, gh);
-            unsafe {
-                product(
-                    gh,
-                    d.input,
-                    tb,
-                    MatMut::rows(g.w_ih, d.input),
-                    false,
-                    da.t(),
-                    Mat::rows(x, d.input),
-                    threads_for(gh, d.input, tb, all),
-                );
-            }
-            // Pairs (step s, state of step s-1): for the forward direction
-            // gradients at times 1.. with states at times ..T-1; for the
-            // reverse, gradients at times ..T-1 with states at times 1...
-            let k = (t_len - 1) * b;
-            if k == 0 {
-                g.w_hh.fill(0.0);
+    // SAFETY (products below): every view covers the shape it is given,
+    // and destinations overlap no operand.
+    for dir in 0..d.dirs {
+        let p = split_params(d, params, dir);
+        let gates = &state.gates[dir];
+        let extra = &state.extra[dir];
+        let g = split_params_mut(d, dparams, dir);
+        let da = Mat::rows(gates, gh);
+        unsafe {
+            product(
+                gh,
+                d.input,
+                tb,
+                MatMut::rows(g.w_ih, d.input),
+                false,
+                da.t(),
+                Mat::rows(x, d.input),
+                threads_for(gh, d.input, tb, all),
+            );
+        }
+        // Pairs (step s, state of step s-1): for the forward direction
+        // gradients at times 1.. with states at times ..T-1; for the
+        // reverse, gradients at times ..T-1 with states at times 1...
+        let k = (t_len - 1) * b;
+        if k == 0 {
+            g.w_hh.fill(0.0);
+        } else {
+            let (a_row, h_row) = if dir == 0 { (b, 0) } else { (0, b) };
+            let h_prev = Mat::raw(hs[h_row * w + dir * h..].as_ptr(), w);
+            let kt = threads_for(gh, h, k, all);
+            let da_pairs = Mat::raw(gates[a_row * gh..].as_ptr(), gh).t();
+            if d.cell == Cell::Gru {
+                // Rows r, z from the gate gradients; row n from h_n's.
+                let two = 2 * h;
+                let (w_rz, w_n) = g.w_hh.split_at_mut(two * h);
+                let dn_pairs = Mat::raw(extra[a_row * eh..].as_ptr(), eh).t();
+                unsafe {
+                    product(
+                        two,
+                        h,
+                        k,
+                        MatMut::rows(w_rz, h),
+                        false,
+                        da_pairs,
+                        h_prev,
+                        kt,
+                    );
+                    product(h, h, k, MatMut::rows(w_n, h), false, dn_pairs, h_prev, kt);
+                }
             } else {
-                let (a_row, h_row) = if dir == 0 { (b, 0) } else { (0, b) };
-                let h_prev = Mat::raw(hs[h_row * w + dir * h..].as_ptr(), w);
-                let kt = threads_for(gh, h, k, all);
-                let da_pairs = Mat::raw(gates[a_row * gh..].as_ptr(), gh).t();
-                if d.cell == Cell::Gru {
-                    // Rows r, z from the gate gradients; row n from h_n's.
-                    let two = 2 * h;
-                    let (w_rz, w_n) = g.w_hh.split_at_mut(two * h);
-                    let dn_pairs = Mat::raw(extra[a_row * eh..].as_ptr(), eh).t();
-                    unsafe {
-                        product(
-                            two,
-                            h,
-                            k,
-                            MatMut::rows(w_rz, h),
-                            false,
-                            da_pairs,
-                            h_prev,
-                            kt,
-                        );
-                        product(h, h, k, MatMut::rows(w_n, h), false, dn_pairs, h_prev, kt);
-                    }
-                } else {
-                    unsafe {
-                        product(
-                            gh,
-                            h,
-                            k,
-                            MatMut::rows(g.w_hh, h),
-                            false,
-                            da_pairs,
-                            h_prev,
-                            kt,
-                        );
-                    }
+                unsafe {
+                    product(
+                        gh,
+                        h,
+                        k,
+                        MatMut::rows(g.w_hh, h),
+                        false,
+                        da_pairs,
+                        h_prev,
+                        kt,
+                    );
                 }
             }
-            column_sums(gates, gh, g.b_ih);
-            match d.cell {
-                Cell::Gru => {
-                    g.b_hh[..2 * h].copy_from_slice(&g.b_ih[..2 * h]);
-                    column_sums(extra, eh, &mut g.b_hh[2 * h..]);
-                }
-                _ => g.b_hh.copy_from_slice(g.b_ih),
+        }
+        column_sums(gates, gh, g.b_ih);
+        match d.cell {
+            Cell::Gru => {
+                g.b_hh[..2 * h].copy_from_slice(&g.b_ih[..2 * h]);
+                column_sums(extra, eh, &mut g.b_hh[2 * h..]);
             }
-            unsafe {
-                product(
-                    tb,
-                    d.input,
-                    gh,
-                    MatMut::rows(dx, d.input),
-                    dir > 0,
-                    da,
-                    Mat::rows(p.w_ih, d.input),
-                    threads_for(tb, d.input, gh, all),
-                );
-            }
+            _ => g.b_hh.copy_from_slice(g.b_ih),
+        }
+        unsafe {
+            product(
+                tb,
+                d.input,
+                gh,
+                MatMut::rows(dx, d.input),
+                dir > 0,
+                da,
+                Mat::rows(p.w_ih, d.input),
+                threads_for(tb, d.input, gh, all),
+            );
         }
     }
 }
@@ -743,5 +751,21 @@ fn column_sums(m: &[f32], cols: usize, out: &mut [f32]) {
     out.fill(0.0);
     for row in m.chunks_exact(cols) {
         out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn transpose_swaps_rows_and_columns() {
+        for (rows, cols) in [(1, 1), (3, 5), (8, 2), (19, 7), (256, 64)] {
+            let m: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let t = super::transpose(&m, rows, cols);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(t[c * rows + r], m[r * cols + c]);
+                }
+            }
+        }
     }
 }
