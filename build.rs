@@ -19,10 +19,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let includes = [PathBuf::from("proto"), protoc_bin_vendored::include_path()?];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("lstmd_descriptor.bin"))
+        // Well-known types from pbjson-types, which carry serde impls.
+        .compile_well_known_types(true)
+        .extern_path(".google.protobuf", "::pbjson_types")
         .compile_protos(
             &protos.iter().map(PathBuf::from).collect::<Vec<_>>(),
             &includes,
         )?;
+    // serde impls in the protobuf JSON mapping, for the CLI's JSON output.
+    let descriptors = std::fs::read(out_dir.join("lstmd_descriptor.bin"))?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptors)?
+        .build(&[".lstmd.v1"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! lstmd: a gRPC service that trains and serves recurrent next-token models
 //! (LSTM, GRU, simple RNN) with candle. See DESIGN.md for the layers.
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod data;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod tune;
 /// The generated gRPC types, clients and servers of `lstmd.v1`.
 pub mod proto {
     tonic::include_proto!("lstmd.v1");
+    include!(concat!(env!("OUT_DIR"), "/lstmd.v1.serde.rs"));
 
     /// Serves reflection, so grpcurl needs no .proto files.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("lstmd_descriptor");

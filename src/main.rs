@@ -1,11 +1,16 @@
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
+use lstmd::cli::ClientCommand;
 use lstmd::config::{LogFormat, ServeArgs};
 
 #[derive(Parser)]
 #[command(
     name = "lstmd",
     version,
-    about = "Train and serve recurrent next-token models over gRPC"
+    about = "Train and serve recurrent next-token models over gRPC",
+    after_help = "Client commands talk to --server (env LSTMD_SERVER, default 127.0.0.1:50051).\n\
+        Exit codes: 0 success, 1 a job failed or was cancelled, 2 client error, 3 server error."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -16,11 +21,24 @@ struct Cli {
 enum Command {
     /// Run the gRPC service.
     Serve(ServeArgs),
+    #[command(flatten)]
+    Client(ClientCommand),
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let Command::Serve(args) = cli.command;
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Serve(args) => match serve(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Client(command) => lstmd::cli::run(command),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // candle reads /proc/cpuinfo on every matmul unless this is set; it must
     // be set before any thread or candle call exists.
     // Reuse freed memory rather than re-faulting pages every training step.

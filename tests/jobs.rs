@@ -22,7 +22,7 @@ fn job_request(dataset_id: &str, model: &str, epochs: u32) -> pb::CreateTraining
     }
 }
 
-fn ms(t: &Option<prost_types::Timestamp>) -> i64 {
+fn ms(t: &Option<pbjson_types::Timestamp>) -> i64 {
     let t = t.as_ref().expect("timestamp is set");
     t.seconds * 1000 + t.nanos as i64 / 1_000_000
 }

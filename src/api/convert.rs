@@ -11,8 +11,8 @@ use crate::train::config::{
 };
 use crate::train::{TrainConfig, TrainConfigRequest};
 
-pub fn timestamp(ms: u64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
+pub fn timestamp(ms: u64) -> pbjson_types::Timestamp {
+    pbjson_types::Timestamp {
         seconds: (ms / 1000) as i64,
         nanos: ((ms % 1000) * 1_000_000) as i32,
     }

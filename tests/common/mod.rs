@@ -1,6 +1,8 @@
 //! Starts the real server on 127.0.0.1 port 0 with a data dir, and connects
 //! the generated clients to it.
 #![allow(dead_code)]
+pub mod pki;
+
 use std::path::Path;
 
 use lstmd::config::ServeArgs;

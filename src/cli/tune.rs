@@ -1,0 +1,268 @@
+//! `lstmd tune`: submits a hyperparameter search and follows it with a live
+//! leaderboard.
+use super::client::ClientArgs;
+use super::follow::{follow_to_end, OnInterrupt};
+use super::output::{self, Format};
+use super::spec_args::{ConfigArgs, JobTarget, SpecArgs};
+use super::Failure;
+use crate::proto as pb;
+
+#[derive(clap::Args)]
+pub struct TuneArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    pub target: JobTarget,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[command(flatten)]
+    pub space: SpaceArgs,
+    /// grid, random or hyperband.
+    #[arg(long, help_heading = "Search")]
+    pub strategy: Option<String>,
+    #[arg(long, help_heading = "Search")]
+    pub max_trials: Option<u32>,
+    /// Trials training at once.
+    #[arg(long, help_heading = "Search")]
+    pub parallel_trials: Option<u32>,
+    /// val_loss (default) or val_accuracy.
+    #[arg(long, help_heading = "Search")]
+    pub objective: Option<String>,
+    /// Seeds the sampling of random and hyperband searches.
+    #[arg(long, help_heading = "Search")]
+    pub search_seed: Option<u64>,
+    /// hyperband: the epochs the surviving trials reach.
+    #[arg(long, help_heading = "Search")]
+    pub max_epochs: Option<u32>,
+    /// hyperband: keep the best 1/N of the trials at each rung.
+    #[arg(long, help_heading = "Search")]
+    pub reduction_factor: Option<u32>,
+    /// Keep every trial's model (MODEL.trial-N).
+    #[arg(long, help_heading = "Search")]
+    pub keep_trial_models: bool,
+    /// Print the job and return at once.
+    #[arg(long)]
+    pub detach: bool,
+    /// What Ctrl-C does while following.
+    #[arg(long, value_enum, default_value_t = OnInterrupt::Ask)]
+    pub on_interrupt: OnInterrupt,
+}
+
+/// The search space: each flag takes choices (`32,64,128`) or a range
+/// (`0.0..0.5`).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct SpaceArgs {
+    #[arg(long, value_parser = parse_space, help_heading = "Search space")]
+    pub search_units: Option<pb::ParamSpace>,
+    /// Recurrent layers in the stack.
+    #[arg(long, value_parser = parse_space, help_heading = "Search space")]
+    pub search_layers: Option<pb::ParamSpace>,
+    /// Cells to try, e.g. `lstm,gru`.
+    #[arg(long, value_delimiter = ',', help_heading = "Search space")]
+    pub search_cells: Vec<String>,
+    /// e.g. `false,true`.
+    #[arg(long, value_delimiter = ',', help_heading = "Search space")]
+    pub search_bidirectional: Vec<bool>,
+    #[arg(long, value_parser = parse_space, help_heading = "Search space")]
+    pub search_dropout: Option<pb::ParamSpace>,
+    /// A range is sampled log-uniformly by the server.
+    #[arg(long, value_parser = parse_space, help_heading = "Search space")]
+    pub search_learning_rate: Option<pb::ParamSpace>,
+    #[arg(long, value_parser = parse_space, help_heading = "Search space")]
+    pub search_batch_size: Option<pb::ParamSpace>,
+    #[arg(long, value_parser = parse_space, help_heading = "Search space")]
+    pub search_embedding_dim: Option<pb::ParamSpace>,
+}
+
+impl SpaceArgs {
+    fn to_proto(&self) -> Result<pb::SearchSpace, Failure> {
+        let cells = self
+            .search_cells
+            .iter()
+            .map(|c| {
+                super::spec_args::parse_layer(&format!("{c}:1"))
+                    .map(|l| l.cell)
+                    .map_err(|e| Failure::local(format!("--search-cells: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(pb::SearchSpace {
+            units: self.search_units.clone(),
+            num_layers: self.search_layers.clone(),
+            cells,
+            bidirectional: self.search_bidirectional.clone(),
+            dropout: self.search_dropout.clone(),
+            learning_rate: self.search_learning_rate.clone(),
+            batch_size: self.search_batch_size.clone(),
+            embedding_dim: self.search_embedding_dim.clone(),
+        })
+    }
+}
+
+/// `32,64,128` (choices) or `0.0001..0.01` (a range).
+fn parse_space(s: &str) -> Result<pb::ParamSpace, String> {
+    let number = |v: &str| {
+        v.trim()
+            .parse::<f64>()
+            .map_err(|_| format!("expected numbers as A,B,C or a range MIN..MAX, got {s:?}"))
+    };
+    if let Some((min, max)) = s.split_once("..") {
+        return Ok(pb::ParamSpace {
+            choices: vec![],
+            min: Some(number(min)?),
+            max: Some(number(max)?),
+        });
+    }
+    Ok(pb::ParamSpace {
+        choices: s.split(',').map(number).collect::<Result<_, _>>()?,
+        min: None,
+        max: None,
+    })
+}
+
+pub async fn run(args: TuneArgs) -> Result<(), Failure> {
+    let mut client = args.client.connect().await?;
+    let (dataset_id, validation_dataset_id) = args.target.resolve(&mut client).await?;
+    let request = pb::CreateTuningJobRequest {
+        model_name: args.target.model_name(),
+        dataset_id,
+        validation_dataset_id,
+        spec: Some(args.spec.to_proto()),
+        config: Some(args.config.to_proto()),
+        search_space: Some(args.space.to_proto()?),
+        strategy: args.strategy.clone().unwrap_or_default(),
+        max_trials: args.max_trials.unwrap_or(0),
+        parallel_trials: args.parallel_trials.unwrap_or(0),
+        objective: args.objective.clone().unwrap_or_default(),
+        seed: args.search_seed.unwrap_or(0),
+        max_epochs: args.max_epochs.unwrap_or(0),
+        reduction_factor: args.reduction_factor.unwrap_or(0),
+        keep_trial_models: args.keep_trial_models,
+    };
+    let job = client.jobs.create_tuning_job(request).await?.into_inner();
+    super::train::submitted(&job, args.client.output, args.detach)?;
+    if args.detach {
+        return Ok(());
+    }
+    follow_to_end(&mut client, &job.id, args.client.output, args.on_interrupt).await
+}
+
+/// The trials so far, best first, as the server ranks them.
+#[derive(Default)]
+pub struct Leaderboard {
+    trials: Vec<pb::Trial>,
+    /// Lines of the table on screen, to redraw it in place.
+    drawn_lines: usize,
+}
+
+impl Leaderboard {
+    /// Prints a line for the event and, on a terminal, redraws the table
+    /// below it.
+    pub fn on_event(&mut self, event: pb::TrialEvent, live: bool) {
+        if live {
+            self.clear();
+        }
+        if let Some(line) = event_line(&event) {
+            println!("{line}");
+        }
+        self.trials = event.leaderboard;
+        if live {
+            self.draw();
+        }
+    }
+
+    /// The final table, unless it is already on screen.
+    pub fn finish(&mut self, live: bool) {
+        if !live && !self.trials.is_empty() {
+            self.draw();
+        }
+        self.drawn_lines = 0;
+    }
+
+    fn clear(&mut self) {
+        if self.drawn_lines > 0 {
+            let _ = console::Term::stdout().clear_last_lines(self.drawn_lines);
+            self.drawn_lines = 0;
+        }
+    }
+
+    fn draw(&mut self) {
+        let table = trials_table(&self.trials);
+        let lines: Vec<String> = table.lines().collect();
+        output::print_table(&table);
+        self.drawn_lines = lines.len();
+    }
+}
+
+fn event_line(event: &pb::TrialEvent) -> Option<String> {
+    let trial = event.trial.as_ref()?;
+    if event.what == "reported" {
+        return None;
+    }
+    let mut line = format!("trial {} {}", trial.number, event.what);
+    if let Some(score) = trial.score {
+        line.push_str(&format!(" - score {score:.4}"));
+    }
+    if trial.epochs > 0 {
+        line.push_str(&format!(" - {} epochs", trial.epochs));
+    }
+    line.push_str(&format!(" - {}", hyperparameters(trial)));
+    Some(line)
+}
+
+fn hyperparameters(trial: &pb::Trial) -> String {
+    trial
+        .hyperparameters
+        .iter()
+        .map(|h| format!("{}={}", h.name, h.value))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Trials as a ranked table.
+pub fn trials_table(trials: &[pb::Trial]) -> comfy_table::Table {
+    let mut table = output::table(
+        &[
+            "RANK",
+            "TRIAL",
+            "STATE",
+            "SCORE",
+            "EPOCHS",
+            "HYPERPARAMETERS",
+        ],
+        &[0, 1, 3, 4],
+    );
+    for (rank, t) in trials.iter().enumerate() {
+        table.add_row(vec![
+            (rank + 1).to_string(),
+            t.number.to_string(),
+            output::job_state(t.state),
+            t.score
+                .map(|s| format!("{s:.4}"))
+                .unwrap_or_else(|| "-".into()),
+            t.epochs.to_string(),
+            hyperparameters(t),
+        ]);
+    }
+    table
+}
+
+/// Whether a format redraws tables in place.
+pub fn live(format: Format) -> bool {
+    format == Format::Text && output::is_terminal()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_spaces() {
+        let c = parse_space("32,64").unwrap();
+        assert_eq!((c.choices, c.min, c.max), (vec![32.0, 64.0], None, None));
+        let r = parse_space("0.001..0.1").unwrap();
+        assert_eq!((r.min, r.max), (Some(0.001), Some(0.1)));
+        assert!(parse_space("a,b").unwrap_err().contains("MIN..MAX"));
+    }
+}
