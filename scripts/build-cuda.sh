@@ -61,6 +61,8 @@ export CUDA_HOME='$cuda_home' CUDA_PATH='$cuda_home' CUDA_ROOT='$cuda_home'
 export PATH='$cuda_home/bin':"\$PATH"
 export LD_LIBRARY_PATH='$cuda_home/lib':"\${LD_LIBRARY_PATH:-}"
 export CUDA_COMPUTE_CAP='${CUDA_COMPUTE_CAP:-90}'
+# nvcc jobs at once (cudaforge would take RAYON_NUM_THREADS, often 1 here).
+export CUDAFORGE_THREADS='${CUDAFORGE_THREADS:-$(nproc)}'
 export CARGO_TARGET_DIR='$repo/target/cuda'
 EOF
 }
