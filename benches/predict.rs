@@ -2,6 +2,8 @@
 //! tutorial's `dropout` model (random weights; the arithmetic is the same),
 //! in process and over gRPC on loopback, with dynamic batching on and off,
 //! all in one run so the figures compare on the same machine.
+//! `BENCH_DEVICES=cpu,cuda` runs the server on each device in turn and
+//! prints one column per device.
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -111,13 +113,36 @@ async fn throughput(addr: std::net::SocketAddr, clients: usize) -> f64 {
     done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn run() {
-    let mut table = Vec::new();
-    let mut throughput_rows = Vec::new();
+/// One server's figures: batch-1 latency (p50, p99, µs) in process and
+/// over gRPC, and throughput (sequences/s) by clients, batching on and off.
+struct Figures {
+    in_process: (f64, f64),
+    over_grpc: (f64, f64),
+    /// (clients, batching, sequences/s)
+    throughput: Vec<(usize, bool, f64)>,
+}
+
+impl Figures {
+    fn rate(&self, clients: usize, batching: bool) -> f64 {
+        self.throughput
+            .iter()
+            .find(|r| r.0 == clients && r.1 == batching)
+            .expect("measured")
+            .2
+    }
+}
+
+async fn measure(device: &str) -> Figures {
+    let mut figures = Figures {
+        in_process: (0.0, 0.0),
+        over_grpc: (0.0, 0.0),
+        throughput: Vec::new(),
+    };
     for batching in [true, false] {
         let dir = tempfile::tempdir().unwrap();
         let mut args =
             ServeArgs::defaults("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
+        args.device = device.to_string();
         if !batching {
             args.limits.max_batch = 1;
             args.limits.max_batch_delay = 0;
@@ -152,45 +177,83 @@ async fn run() {
             }
             in_process.sort();
             over_grpc.sort();
-            table.push(format!(
-                "latency batch 1, in process:    p50 {:>8.1} us   p99 {:>8.1} us",
-                micros(percentile(&in_process, 0.5)),
-                micros(percentile(&in_process, 0.99))
-            ));
-            table.push(format!(
-                "latency batch 1, gRPC loopback: p50 {:>8.1} us   p99 {:>8.1} us",
-                micros(percentile(&over_grpc, 0.5)),
-                micros(percentile(&over_grpc, 0.99))
-            ));
+            let p = |v: &[Duration]| (micros(percentile(v, 0.5)), micros(percentile(v, 0.99)));
+            figures.in_process = p(&in_process);
+            figures.over_grpc = p(&over_grpc);
         }
         drop(predictor);
         for clients in [1, 16, 64] {
             let rate = throughput(server.addr, clients).await;
-            throughput_rows.push((clients, batching, rate));
+            figures.throughput.push((clients, batching, rate));
         }
         server.stop().await.unwrap();
     }
-    println!("predict benchmark: `dropout` preset (Embedding 100x8, LSTM 64, LSTM 64, Dense 100), window 10");
-    for line in table {
-        println!("{line}");
-    }
+    figures
+}
+
+const MODEL: &str = "`dropout` preset (Embedding 100x8, LSTM 64, LSTM 64, Dense 100), window 10";
+
+fn print_one(f: &Figures) {
+    println!("predict benchmark: {MODEL}");
+    println!(
+        "latency batch 1, in process:    p50 {:>8.1} us   p99 {:>8.1} us",
+        f.in_process.0, f.in_process.1
+    );
+    println!(
+        "latency batch 1, gRPC loopback: p50 {:>8.1} us   p99 {:>8.1} us",
+        f.over_grpc.0, f.over_grpc.1
+    );
     println!("throughput over gRPC (sequences/s), {SECONDS} s per row:");
     println!(
         "{:>8} {:>14} {:>14} {:>8}",
         "clients", "batching on", "batching off", "ratio"
     );
     for clients in [1, 16, 64] {
-        let on = throughput_rows
-            .iter()
-            .find(|r| r.0 == clients && r.1)
-            .unwrap()
-            .2;
-        let off = throughput_rows
-            .iter()
-            .find(|r| r.0 == clients && !r.1)
-            .unwrap()
-            .2;
+        let (on, off) = (f.rate(clients, true), f.rate(clients, false));
         println!("{clients:>8} {on:>14.0} {off:>14.0} {:>7.2}x", on / off);
+    }
+}
+
+fn print_devices(devices: &[String], all: &[Figures]) {
+    println!("predict benchmark by device: {MODEL}");
+    print!("{:<36}", "");
+    for d in devices {
+        print!(" {d:>12}");
+    }
+    println!();
+    let row = |label: String, value: &dyn Fn(&Figures) -> f64| {
+        print!("{label:<36}");
+        for f in all {
+            print!(" {:>12.1}", value(f));
+        }
+        println!();
+    };
+    row("latency b1 in process p50 us".into(), &|f| f.in_process.0);
+    row("latency b1 in process p99 us".into(), &|f| f.in_process.1);
+    row("latency b1 gRPC p50 us".into(), &|f| f.over_grpc.0);
+    row("latency b1 gRPC p99 us".into(), &|f| f.over_grpc.1);
+    for clients in [1, 16, 64] {
+        for batching in [true, false] {
+            let label = format!(
+                "seq/s {clients} clients, batching {}",
+                if batching { "on" } else { "off" }
+            );
+            row(label, &|f| f.rate(clients, batching));
+        }
+    }
+}
+
+async fn run() {
+    match std::env::var("BENCH_DEVICES") {
+        Ok(list) => {
+            let devices: Vec<String> = list.split(',').map(|d| d.trim().to_string()).collect();
+            let mut all = Vec::new();
+            for d in &devices {
+                all.push(measure(d).await);
+            }
+            print_devices(&devices, &all);
+        }
+        Err(_) => print_one(&measure("cpu").await),
     }
 }
 

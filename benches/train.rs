@@ -12,6 +12,9 @@
 //! for about `BENCH_SECONDS`, on the selected configs at batch
 //! `BENCH_ROWS` (default 64; training), to run under a profiler; it also
 //! prints the rate per CPU-second.
+//! `BENCH_DEVICES=cpu,cuda` instead compares devices side by side: the
+//! service's own paths (fused kernels on the CPU, candle ops on CUDA),
+//! training at batch 64, 256 and 1024 and inference at batch 1 and 1024.
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor, Var};
@@ -19,6 +22,7 @@ use candle_nn::Optimizer;
 use lstmd::nn::fused::{self, Engine};
 use lstmd::nn::spec::preset;
 use lstmd::nn::{initial_parameters, Cell, Dropout, LayerSpec, ModelSpec, Network};
+use lstmd::predict::infer::Inference;
 use lstmd::train::adam::Adam;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -177,6 +181,118 @@ fn infer_rate(spec: &ModelSpec, rows: usize) -> (f64, f64) {
     (fused_rate, composed_rate)
 }
 
+/// Training samples per second through the service's path on `device`:
+/// `Network::forward`, the loss, backward and Adam pick the fused kernels
+/// on the CPU and candle ops elsewhere, as the trainer does; reading the
+/// loss each step (as the trainer does) waits for the device.
+fn service_train_rate(spec: &ModelSpec, rows: usize, device: &Device) -> f64 {
+    let vars: Vec<(String, Var)> = initial_parameters(spec, 7, device)
+        .unwrap()
+        .into_iter()
+        .map(|(n, t)| (n, Var::from_tensor(&t).unwrap()))
+        .collect();
+    let map = vars
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect();
+    let net = Network::from_tensors(spec, &map).unwrap();
+    let mut adam = Adam::new(
+        vars.into_iter().map(|(_, v)| v).collect(),
+        lstmd::train::adam::AdamSettings {
+            optimizer: lstmd::train::config::Optimizer::Adam,
+            learning_rate: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-7,
+            weight_decay: 0.0,
+        },
+    )
+    .unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let batches: Vec<(Tensor, Tensor)> = (0..8)
+        .map(|_| {
+            let (ids, targets) = random_batch(spec, rows, &mut rng);
+            (
+                Tensor::from_vec(ids, (rows, spec.window), device).unwrap(),
+                Tensor::from_vec(targets, rows, device).unwrap(),
+            )
+        })
+        .collect();
+    let mut dropout = Dropout::new(3);
+    let mut i = 0;
+    rate(|| {
+        let (x, y) = &batches[i % batches.len()];
+        i += 1;
+        let logits = net.forward(x, Some(&mut dropout)).unwrap();
+        let loss = fused::cross_entropy(&logits, y).unwrap();
+        std::hint::black_box(loss.to_scalar::<f32>().unwrap());
+        let grads = loss.backward().unwrap();
+        adam.step(&grads, 1.0).unwrap();
+    }) * rows as f64
+}
+
+/// Inference calls per second at `rows` sequences through the service's
+/// path on `device` (probabilities back on the host).
+fn service_infer_rate(spec: &ModelSpec, rows: usize, device: &Device) -> f64 {
+    let named = initial_parameters(spec, 7, device).unwrap();
+    let net = Network::from_tensors(spec, &named.into_iter().collect()).unwrap();
+    let inference = Inference::new(net).unwrap();
+    let (ids, _) = random_batch(spec, rows, &mut ChaCha8Rng::seed_from_u64(2));
+    let sequences: Vec<Vec<u32>> = ids.chunks(spec.window).map(<[u32]>::to_vec).collect();
+    rate(|| {
+        std::hint::black_box(inference.next_token_probabilities(&sequences).unwrap());
+    })
+}
+
+/// `BENCH_DEVICES`: one column per device.
+fn compare_devices(list: &str, selected: &[(&'static str, ModelSpec)]) {
+    let devices: Vec<(String, Device)> = list
+        .split(',')
+        .map(|d| {
+            let device = lstmd::config::parse_device(d).unwrap_or_else(|e| panic!("{e}"));
+            (d.trim().to_string(), device)
+        })
+        .collect();
+    let header = |what: &str, unit: &str| {
+        print!("{what:<14} {unit:>14}");
+        for (name, _) in &devices {
+            print!(" {name:>12}");
+        }
+        println!();
+    };
+    let row = |name: &str, unit: String, values: Vec<f64>| {
+        print!("{name:<14} {unit:>14}");
+        for v in values {
+            print!(" {v:>12.1}");
+        }
+        println!();
+    };
+    println!("the service's paths: fused kernels on the CPU, candle ops on CUDA");
+    header("train", "samples/s");
+    for (name, spec) in selected {
+        for rows in [64, 256, 1024] {
+            let values = devices
+                .iter()
+                .map(|(_, d)| service_train_rate(spec, rows, d))
+                .collect();
+            row(name, format!("batch {rows}"), values);
+        }
+    }
+    header("inference", "");
+    for (name, spec) in selected {
+        let b1 = devices
+            .iter()
+            .map(|(_, d)| 1e6 / service_infer_rate(spec, 1, d))
+            .collect();
+        row(name, "b1 us".into(), b1);
+        let b1024 = devices
+            .iter()
+            .map(|(_, d)| 1024.0 * service_infer_rate(spec, 1024, d))
+            .collect();
+        row(name, "b1024 seq/s".into(), b1024);
+    }
+}
+
 /// CPU time this process has used (user + system), from /proc.
 fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
@@ -206,6 +322,14 @@ fn main() {
         .skip(1)
         .find(|a| !a.starts_with('-'))
         .unwrap_or_default();
+    if let Ok(list) = std::env::var("BENCH_DEVICES") {
+        let selected: Vec<_> = configs()
+            .into_iter()
+            .filter(|(n, _)| n.contains(filter.as_str()))
+            .collect();
+        compare_devices(&list, &selected);
+        return;
+    }
     println!(
         "lstmd fused kernels: {} kernel threads, SIMD {:?}, candle matmul threads {}",
         fused::threads::threads(),

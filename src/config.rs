@@ -237,7 +237,31 @@ pub fn parse_device(s: &str) -> Result<Device, String> {
 
 #[cfg(feature = "cuda")]
 fn cuda_device(ordinal: usize) -> Result<Device, String> {
-    Device::new_cuda(ordinal).map_err(|e| format!("--device cuda:{ordinal} cannot be used: {e}"))
+    let unusable = |e: candle_core::Error| format!("--device cuda:{ordinal} cannot be used: {e}");
+    let device = Device::new_cuda(ordinal).map_err(unusable)?;
+    probe(&device).map_err(unusable)?;
+    Ok(device)
+}
+
+/// A product (cuBLAS) and an element-wise op (candle's PTX kernels) on the
+/// device, checked on the host: a driver too old for the kernels, or a
+/// missing library, fails here, at start, rather than in the first job.
+#[cfg(feature = "cuda")]
+fn probe(device: &Device) -> candle_core::Result<()> {
+    use candle_core::Tensor;
+    let a = Tensor::arange(0f32, 6.0, device)?.reshape((2, 3))?;
+    let product = a.matmul(&a.t()?)?; // [[5, 14], [14, 50]]
+    let got = candle_nn::ops::sigmoid(&(product / 100.0)?)?
+        .sum_all()?
+        .to_scalar::<f32>()?;
+    let want: f32 = [5.0f32, 14.0, 14.0, 50.0]
+        .iter()
+        .map(|v| 1.0 / (1.0 + (-v / 100.0).exp()))
+        .sum();
+    if (got - want).abs() > 1e-4 {
+        candle_core::bail!("a test computation gave {got}, expected {want}");
+    }
+    Ok(())
 }
 
 #[cfg(not(feature = "cuda"))]

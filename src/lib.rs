@@ -1,6 +1,7 @@
 //! lstmd: a gRPC service that trains and serves recurrent next-token models
 //! (LSTM, GRU, simple RNN) with candle. See DESIGN.md for the layers.
 pub mod api;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod data;

@@ -5,178 +5,74 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
+use lstmd::check::golden::{cases, values, Fixture, Forward};
+use lstmd::nn::spec::preset;
 use lstmd::nn::summary::summarize;
-use lstmd::nn::{spec::preset, Cell, LayerSpec, ModelSpec, Network};
-
-#[derive(serde::Deserialize)]
-struct Case {
-    name: String,
-    cell: Cell,
-    bidirectional: bool,
-    layers: Vec<usize>,
-    vocab: usize,
-    embedding_dim: usize,
-}
+use lstmd::nn::Network;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-fn cases() -> Vec<Case> {
-    let index = std::fs::read(fixtures().join("golden/index.json")).unwrap();
-    serde_json::from_slice(&index).unwrap()
-}
-
-fn spec_of(case: &Case) -> ModelSpec {
-    ModelSpec {
-        vocab_size: case.vocab,
-        embedding_dim: case.embedding_dim,
-        window: 4,
-        embedding_dropout: 0.0,
-        layers: case
-            .layers
-            .iter()
-            .map(|&units| LayerSpec {
-                cell: case.cell,
-                units,
-                bidirectional: case.bidirectional,
-                dropout: 0.0,
-            })
-            .collect(),
-    }
-}
-
-struct Loaded {
-    spec: ModelSpec,
-    params: Vec<(String, Var)>,
-    ids: Tensor,
-    targets: Tensor,
-    tensors: HashMap<String, Tensor>,
-}
-
-fn load(case: &Case, dtype: DType) -> Loaded {
-    let path = fixtures().join(format!("golden/{}.safetensors", case.name));
-    let tensors = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
-    let spec = spec_of(case);
-    let params = lstmd::nn::naming::parameter_shapes(&spec)
-        .into_iter()
-        .map(|(name, _)| {
-            let t = tensors[&name].to_dtype(dtype).unwrap();
-            (name, Var::from_tensor(&t).unwrap())
-        })
-        .collect();
-    Loaded {
-        spec,
-        params,
-        ids: tensors["input_ids"].to_dtype(DType::U32).unwrap(),
-        targets: tensors["targets"].to_dtype(DType::U32).unwrap(),
-        tensors,
-    }
-}
-
-fn network(l: &Loaded) -> Network {
-    let map = l
-        .params
-        .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect();
-    Network::from_tensors(&l.spec, &map).unwrap()
-}
-
-fn values(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-/// Largest |ours - theirs| / max(|theirs|, floor) over the tensor.
-fn worst_relative(ours: &Tensor, theirs: &Tensor, floor: f64) -> f64 {
-    values(ours)
-        .iter()
-        .zip(values(theirs))
-        .map(|(a, b)| (a - b).abs() / b.abs().max(floor))
-        .fold(0.0, f64::max)
-}
-
-/// Which forward pass a check runs.
-#[derive(Clone, Copy, Debug)]
-enum Path {
-    Composed,
-    Fused,
+fn golden() -> PathBuf {
+    fixtures().join("golden")
 }
 
 #[test]
 fn logits_and_gradients_match_pytorch() {
-    for path in [Path::Composed, Path::Fused] {
-        check_against_pytorch(path);
+    let cases = cases(&golden()).unwrap();
+    assert_eq!(cases.len(), 12, "3 cells x uni/bi x 1/3 layers");
+    for forward in [Forward::Composed, Forward::Fused] {
+        for case in &cases {
+            let r = Fixture::load(&golden(), case, DType::F32, &Device::Cpu)
+                .unwrap()
+                .check(forward)
+                .unwrap();
+            let name = &case.name;
+            assert!(
+                r.logits <= 1e-5,
+                "{name} ({forward:?}): logits differ by {:e} relative",
+                r.logits
+            );
+            assert!(
+                r.loss <= 1e-5,
+                "{name} ({forward:?}): loss differs by {:e} relative",
+                r.loss
+            );
+            assert!(
+                r.gradients <= 1e-4,
+                "{name} ({forward:?}): grad of {} differs by {:e} relative",
+                r.worst_gradient,
+                r.gradients
+            );
+            eprintln!(
+                "{name} ({forward:?}): logits {:.1e}, gradients {:.1e} worst relative error",
+                r.logits, r.gradients
+            );
+        }
     }
 }
 
-fn check_against_pytorch(path: Path) {
-    let cases = cases();
-    assert_eq!(cases.len(), 12, "3 cells x uni/bi x 1/3 layers");
-    for case in &cases {
-        let l = load(case, DType::F32);
-        let net = network(&l);
-        let logits = match path {
-            Path::Composed => net.forward_composed(&l.ids, None).unwrap(),
-            Path::Fused => net.forward_fused(&l.ids, None).unwrap(),
-        };
-        // Relative error, with a floor on the magnitude so values near zero
-        // are judged against the logits' scale, not against 0: a tenth of
-        // the largest logit (at least 1e-2). A logit near 0 is a sum of
-        // terms near the largest magnitude; 1e-5 of 1e-2 would be below
-        // one f32 ulp of those terms, so summing in another order (fused
-        // kernels, other BLAS) could fail it by rounding alone.
-        let expected = &l.tensors["expected.logits"];
-        let scale = values(expected).iter().fold(0f64, |m, v| m.max(v.abs()));
-        let err = worst_relative(&logits, expected, (0.1 * scale).max(1e-2));
-        assert!(
-            err <= 1e-5,
-            "{} ({path:?}): logits differ by {err:e} relative",
-            case.name
-        );
-
-        let loss = match path {
-            Path::Composed => candle_nn::loss::cross_entropy(&logits, &l.targets).unwrap(),
-            Path::Fused => lstmd::nn::fused::cross_entropy(&logits, &l.targets).unwrap(),
-        };
-        let expected_loss = values(&l.tensors["expected.loss"])[0];
-        let got_loss = loss
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
-        assert!(
-            (got_loss - expected_loss).abs() <= 1e-5 * expected_loss.abs(),
-            "{} ({path:?}): loss {got_loss} vs {expected_loss}",
-            case.name
-        );
-        let grads = loss.backward().unwrap();
-        let mut worst_grad = 0f64;
-        for (name, var) in &l.params {
-            let ours = grads
-                .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("{}: no grad for {name}", case.name));
-            let theirs = &l.tensors[&format!("grad.{name}")];
-            assert_eq!(ours.dims(), theirs.dims(), "{}: {name}", case.name);
-            let err = worst_relative(ours, theirs, 1e-3);
-            assert!(
-                err <= 1e-4,
-                "{} ({path:?}): grad of {name} differs by {err:e} relative",
-                case.name
-            );
-            worst_grad = worst_grad.max(err);
-        }
-        eprintln!(
-            "{} ({path:?}): logits {err:.1e}, gradients {worst_grad:.1e} worst relative error",
-            case.name
-        );
-    }
+/// The `lstmd-check` binary runs the same check (on the CPU here; on a GPU
+/// host, `--device cuda`) and says so.
+#[test]
+fn check_binary_runs_the_fixtures() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lstmd-check"))
+        .args(["golden", "--device", "cpu", "--fixtures"])
+        .arg(golden())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("golden on cpu: 24 of 24 within 1e-4 relative"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -184,9 +80,13 @@ fn gradients_match_finite_differences() {
     // In f64, central differences agree with autograd to ~1e-8; a wrong
     // backward formula shows up as O(1) relative error.
     for name in ["lstm_bi_3", "gru_bi_3", "rnn_uni_3"] {
-        let case = cases().into_iter().find(|c| c.name == name).unwrap();
-        let l = load(&case, DType::F64);
-        let net = network(&l);
+        let case = cases(&golden())
+            .unwrap()
+            .into_iter()
+            .find(|c| c.name == name)
+            .unwrap();
+        let l = Fixture::load(&golden(), &case, DType::F64, &Device::Cpu).unwrap();
+        let net = l.network().unwrap();
         let loss_of = |net: &Network| -> f64 {
             let logits = net.forward(&l.ids, None).unwrap();
             candle_nn::loss::cross_entropy(&logits, &l.targets)
@@ -201,8 +101,8 @@ fn gradients_match_finite_differences() {
             .unwrap();
         let eps = 1e-6;
         for (pname, var) in &l.params {
-            let base = values(var.as_tensor());
-            let analytic = values(grads.get(var.as_tensor()).unwrap());
+            let base = values(var.as_tensor()).unwrap();
+            let analytic = values(grads.get(var.as_tensor()).unwrap()).unwrap();
             // A handful of coordinates per tensor keeps the test quick.
             let step = (base.len() / 5).max(1);
             for i in (0..base.len()).step_by(step) {

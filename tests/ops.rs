@@ -1,6 +1,6 @@
 //! Operability: TLS and mutual TLS with certificates made here, bearer-token
 //! auth (and its reload), health open without a token, Prometheus metrics,
-//! request ids, deadlines, JSON logs.
+//! request ids, deadlines, JSON logs; an unusable `--device` stops the start.
 mod common;
 
 use std::future::Future;
@@ -112,6 +112,53 @@ async fn unusable_tls_or_token_files_stop_the_start() {
         .err()
         .unwrap();
     assert!(format!("{e:#}").contains("holds no token"), "{e:#}");
+}
+
+/// `--device cuda` where CUDA cannot be used (a build without the `cuda`
+/// feature, or no GPU) stops the start with a message that says why, before
+/// anything listens: health never reports SERVING for it.
+#[tokio::test]
+async fn an_unusable_device_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = args(&dir.path().join("data"));
+    a.device = "cuda:0".into();
+    let e = lstmd::server::start(a, std::future::pending())
+        .await
+        .err()
+        .unwrap();
+    let said = format!("{e:#}");
+    assert!(
+        said.contains("--device cuda:0")
+            && (said.contains("`cuda` feature") || said.contains("cannot be used")),
+        "{said}"
+    );
+    // The binary exits at once with that message and a failure status.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lstmd"))
+        .args(["serve", "--device", "cuda", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(dir.path().join("bin-data"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "lstmd did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("--device cuda:0"), "{stderr}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "nothing listened"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
