@@ -273,3 +273,55 @@ fn inference_is_batch_invariant() {
         }
     }
 }
+
+#[test]
+fn carried_state_matches_composed_and_whole_sequences() {
+    use lstmd::nn::fused::StepState;
+    for cell in [Cell::Lstm, Cell::Gru, Cell::Rnn] {
+        let s = spec(cell, false, &[12, 9], 0.0);
+        let (net, _) = build(&s, 41);
+        let engine = Engine::new(&net).unwrap().expect("CPU f32 network");
+        let (ids, _) = batch(&s, 1, 9, 5);
+        let flat: Vec<u32> = ids.flatten_all().unwrap().to_vec1().unwrap();
+        let whole = engine.probabilities(&flat, 1, 9);
+        // Fed in three pieces, carrying the state: the same bits as whole.
+        let mut states: Option<Vec<StepState>> = None;
+        let mut composed = None;
+        let mut got = Vec::new();
+        for piece in [&flat[..4], &flat[4..5], &flat[5..]] {
+            let (p, next) = engine.step(piece, states.as_deref());
+            states = Some(next);
+            got = p;
+            let x = Tensor::from_slice(piece, (1, piece.len()), &Device::Cpu).unwrap();
+            let (logits, next) = net.forward_from(&x, composed.as_deref()).unwrap();
+            composed = Some(next);
+            // Every piece agrees with the composed path carrying its state.
+            let want = candle_nn::ops::softmax_last_dim(&logits).unwrap();
+            let p = Tensor::from_vec(got.clone(), (1, s.vocab_size), &Device::Cpu).unwrap();
+            let e = worst_relative(&p, &want);
+            assert!(e <= 1e-5, "{cell:?} piece of {}: {e:e}", piece.len());
+        }
+        assert_eq!(got, whole, "{cell:?}: pieces and whole differ");
+        // The carried states are the composed path's, layer by layer.
+        for (fused, composed) in states.unwrap().iter().zip(composed.unwrap()) {
+            let h = composed.h.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let worst = fused
+                .h
+                .iter()
+                .zip(&h)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(worst <= 1e-5, "{cell:?} h: {worst:e}");
+            assert_eq!(fused.c.is_some(), composed.c.is_some(), "{cell:?} c");
+            if let (Some(fc), Some(cc)) = (&fused.c, &composed.c) {
+                let c = cc.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let worst = fc
+                    .iter()
+                    .zip(&c)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(worst <= 1e-5, "{cell:?} c: {worst:e}");
+            }
+        }
+    }
+}

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use candle_core::Tensor;
 use rand::Rng;
 
-use crate::nn::fused::Engine;
-use crate::nn::Network;
+use crate::nn::fused::{Engine, StepState};
+use crate::nn::{LayerState, Network};
 
 /// What runs a model's forward passes: the fused engine on the CPU in f32,
 /// candle's composed ops elsewhere (CUDA, f64).
@@ -28,6 +28,53 @@ impl Inference {
         match &self.engine {
             Some(engine) => Ok(engine_probabilities(engine, sequences)),
             None => next_token_probabilities(&self.network, sequences),
+        }
+    }
+}
+
+/// The recurrent state a session or a generation carries between calls,
+/// in the form of the path that made it.
+pub enum Carried {
+    Fused(Vec<StepState>),
+    Composed(Vec<LayerState>),
+}
+
+impl Inference {
+    /// Whether the model can carry state (no bidirectional layer).
+    pub fn is_stateful(&self) -> bool {
+        self.network.is_stateful()
+    }
+
+    /// Next-token probabilities for one sequence continuing from `carried`
+    /// (zeros when None), and the state after its last token.
+    pub fn step(
+        &self,
+        ids: &[u32],
+        carried: Option<&Carried>,
+    ) -> candle_core::Result<(Vec<f32>, Carried)> {
+        match (&self.engine, carried) {
+            (Some(engine), None) => {
+                let (probs, states) = engine.step(ids, None);
+                Ok((probs, Carried::Fused(states)))
+            }
+            (Some(engine), Some(Carried::Fused(states))) => {
+                let (probs, states) = engine.step(ids, Some(states));
+                Ok((probs, Carried::Fused(states)))
+            }
+            (_, carried) => {
+                let states = match carried {
+                    Some(Carried::Composed(s)) => Some(s.as_slice()),
+                    _ => None,
+                };
+                let network = &self.network;
+                let x = Tensor::from_slice(ids, (1, ids.len()), network.device())?;
+                let (logits, states) = network.forward_from(&x, states)?;
+                let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
+                Ok((
+                    probs.into_iter().next().unwrap_or_default(),
+                    Carried::Composed(states),
+                ))
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ pub mod sessions;
 use std::sync::Arc;
 use std::time::Duration;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use rand::SeedableRng;
 use tokio::sync::{mpsc, Semaphore};
 
@@ -363,15 +363,9 @@ impl Predictor {
         let states = session.states.take();
         let inference = Arc::clone(&model.inference);
         let n = ids.len();
-        let result = tokio::task::spawn_blocking(move || -> candle_core::Result<_> {
-            let network = &inference.network;
-            let x = Tensor::from_vec(ids, (1, n), network.device())?;
-            let (logits, states) = network.forward_from(&x, states.as_deref())?;
-            let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
-            Ok((probs.into_iter().next().unwrap_or_default(), states))
-        })
-        .await
-        .expect("inference does not panic");
+        let result = tokio::task::spawn_blocking(move || inference.step(&ids, states.as_ref()))
+            .await
+            .expect("inference does not panic");
         let (probs, states) = result?;
         session.states = Some(states);
         session.tokens_seen += n as u64;
@@ -417,27 +411,17 @@ impl Predictor {
         let (tx, rx) = mpsc::channel(16);
         tokio::task::spawn_blocking(move || {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(params.seed);
-            let network = &model.inference.network;
+            let inference = &model.inference;
             let run = || -> candle_core::Result<()> {
-                let step = |ids: &[u32], states: Option<&[crate::nn::LayerState]>| {
-                    let x = Tensor::from_slice(ids, (1, ids.len()), network.device())?;
-                    let (logits, states) = network.forward_from(&x, states)?;
-                    let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
-                    Ok::<_, candle_core::Error>((
-                        probs.into_iter().next().unwrap_or_default(),
-                        states,
-                    ))
-                };
                 // Unidirectional models carry their state: each new token
                 // costs one step. Bidirectional ones re-read the sequence.
                 let mut sequence = prompt;
-                let (mut probs, mut states) = if network.is_stateful() {
-                    let (p, s) = step(&sequence, None)?;
+                let (mut probs, mut states) = if inference.is_stateful() {
+                    let (p, s) = inference.step(&sequence, None)?;
                     (p, Some(s))
                 } else {
                     (
-                        model
-                            .inference
+                        inference
                             .next_token_probabilities(std::slice::from_ref(&sequence))?
                             .remove(0),
                         None,
@@ -451,13 +435,12 @@ impl Predictor {
                     }
                     sequence.push(id);
                     if let Some(s) = states.take() {
-                        let (p, s) = step(&[id], Some(&s))?;
+                        let (p, s) = inference.step(&[id], Some(&s))?;
                         probs = p;
                         states = Some(s);
                     } else {
                         let start = sequence.len().saturating_sub(max_len);
-                        probs = model
-                            .inference
+                        probs = inference
                             .next_token_probabilities(&[sequence[start..].to_vec()])?
                             .remove(0);
                     }

@@ -6,13 +6,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::infer::Carried;
 use super::LoadedModel;
-use crate::nn::LayerState;
 
 pub struct Session {
     pub model: Arc<LoadedModel>,
     /// None before the first token.
-    pub states: Option<Vec<LayerState>>,
+    pub states: Option<Carried>,
     pub tokens_seen: u64,
     last_used: Instant,
 }

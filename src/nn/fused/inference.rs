@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use candle_core::{DType, Result, Tensor};
 
 use super::matmul::small_matmul;
-use super::sequence::{self, Dims, Mode, Prepared, State};
+use super::sequence::{self, Dims, Initial, Mode, Prepared, State};
 use super::{loss::softmax_row, threads};
 use crate::nn::spec::Cell;
 use crate::nn::Network;
@@ -31,6 +31,14 @@ pub struct Engine {
     /// The dense weight transposed, [W, vocab].
     dense_weight_t: Vec<f32>,
     dense_bias: Vec<f32>,
+}
+
+/// One sequence's recurrent state in one layer, carried between calls
+/// (sessions, generation): h, and c for LSTMs, [H] each.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepState {
+    pub h: Vec<f32>,
+    pub c: Option<Vec<f32>>,
 }
 
 /// Rows a worker runs at a time: small enough that a block's activations
@@ -128,6 +136,72 @@ impl Engine {
         out
     }
 
+    /// Whether every layer is unidirectional, so a state can be carried.
+    pub fn is_stateful(&self) -> bool {
+        self.layers.iter().all(|l| l.dirs == 1)
+    }
+
+    /// Next-token probabilities [vocab] for one sequence `ids`, continuing
+    /// from `states` (one per layer; zeros when None), and the states after
+    /// its last token. Feeding a sequence in pieces gives bit-for-bit the
+    /// probabilities of feeding it whole. Unidirectional networks only.
+    pub fn step(&self, ids: &[u32], states: Option<&[StepState]>) -> (Vec<f32>, Vec<StepState>) {
+        assert!(!ids.is_empty(), "sequences are not empty");
+        assert!(
+            self.is_stateful(),
+            "only unidirectional networks carry state"
+        );
+        if let Some(states) = states {
+            assert_eq!(states.len(), self.layers.len(), "one state per layer");
+        }
+        let mode = Mode::Infer {
+            threads: threads::threads(),
+        };
+        let steps = ids.len();
+        let mut probs = vec![0.0f32; self.vocab];
+        let carried = SCRATCH.with(|s| {
+            let s = &mut *s.borrow_mut();
+            self.embed(ids, 1, steps, s);
+            let mut carried = Vec::with_capacity(self.layers.len());
+            for (i, layer) in self.layers.iter().enumerate() {
+                let d = self.dims(layer, steps, 1);
+                let init = states.map(|st| Initial {
+                    h: &st[i].h,
+                    c: st[i].c.as_deref(),
+                });
+                sequence::forward_from(&d, &s.input, &layer.weights, &mut s.state, mode, init);
+                // The last step's h, and its c (the first H of the extra
+                // block).
+                let last = steps - 1;
+                carried.push(StepState {
+                    h: s.state.h[last * layer.units..][..layer.units].to_vec(),
+                    c: (layer.cell == Cell::Lstm).then(|| {
+                        s.state.extra[0][last * d.extra_width()..][..layer.units].to_vec()
+                    }),
+                });
+                std::mem::swap(&mut s.input, &mut s.state.h);
+            }
+            let last = self
+                .layers
+                .last()
+                .expect("a network has at least one layer");
+            self.head(&self.dims(last, steps, 1), s, &mut probs);
+            carried
+        });
+        (probs, carried)
+    }
+
+    fn dims(&self, layer: &Layer, steps: usize, rows: usize) -> Dims {
+        Dims {
+            cell: layer.cell,
+            steps,
+            batch: rows,
+            input: layer.input,
+            units: layer.units,
+            dirs: layer.dirs,
+        }
+    }
+
     fn run_block(
         &self,
         ids: &[u32],
@@ -137,8 +211,22 @@ impl Engine {
         s: &mut Scratch,
         out: &mut [f32],
     ) {
+        self.embed(ids, rows, steps, s);
+        for layer in &self.layers {
+            let d = self.dims(layer, steps, rows);
+            sequence::forward(&d, &s.input, &layer.weights, &mut s.state, mode);
+            std::mem::swap(&mut s.input, &mut s.state.h);
+        }
+        let last = self
+            .layers
+            .last()
+            .expect("a network has at least one layer");
+        self.head(&self.dims(last, steps, rows), s, out);
+    }
+
+    /// Time-major embedding lookup of `ids` [rows, steps] into `s.input`.
+    fn embed(&self, ids: &[u32], rows: usize, steps: usize, s: &mut Scratch) {
         let e = self.embedding_dim;
-        // Time-major embedding lookup.
         s.input.resize(steps * rows * e, 0.0);
         for r in 0..rows {
             for t in 0..steps {
@@ -146,22 +234,13 @@ impl Engine {
                 s.input[(t * rows + r) * e..][..e].copy_from_slice(&self.embedding[id * e..][..e]);
             }
         }
-        let mut dims = None;
-        for layer in &self.layers {
-            let d = Dims {
-                cell: layer.cell,
-                steps,
-                batch: rows,
-                input: layer.input,
-                units: layer.units,
-                dirs: layer.dirs,
-            };
-            sequence::forward(&d, &s.input, &layer.weights, &mut s.state, mode);
-            std::mem::swap(&mut s.input, &mut s.state.h);
-            dims = Some(d);
-        }
-        let d = dims.expect("a network has at least one layer");
-        sequence::last_states(&d, &s.input, &mut s.last);
+    }
+
+    /// Dense and softmax over the last layer's final states (its output
+    /// sequence is in `s.input`), into `out` [rows, vocab].
+    fn head(&self, d: &Dims, s: &mut Scratch, out: &mut [f32]) {
+        let rows = d.batch;
+        sequence::last_states(d, &s.input, &mut s.last);
         let (v, w) = (self.vocab, d.width());
         s.logits.resize(rows * v, 0.0);
         for row in s.logits.chunks_exact_mut(v) {

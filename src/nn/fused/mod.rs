@@ -17,7 +17,7 @@ pub mod sequence;
 pub mod simd;
 pub mod threads;
 
-pub use inference::Engine;
+pub use inference::{Engine, StepState};
 pub use loss::cross_entropy;
 pub use op::network_forward;
 

@@ -216,8 +216,40 @@ pub enum Mode {
     Infer { threads: usize },
 }
 
-/// Runs the layer forward.
+/// A unidirectional layer's state to continue from: `h` and, for LSTMs,
+/// `c`, each [B, H].
+#[derive(Clone, Copy)]
+pub struct Initial<'a> {
+    pub h: &'a [f32],
+    pub c: Option<&'a [f32]>,
+}
+
+/// Runs the layer forward from zero states.
 pub fn forward(d: &Dims, x: &[f32], weights: &Prepared, state: &mut State, mode: Mode) {
+    forward_from(d, x, weights, state, mode, None)
+}
+
+/// Runs the layer forward from `init` (zeros when None; unidirectional
+/// layers only).
+pub fn forward_from(
+    d: &Dims,
+    x: &[f32],
+    weights: &Prepared,
+    state: &mut State,
+    mode: Mode,
+    init: Option<Initial>,
+) {
+    if let Some(i) = &init {
+        assert_eq!(d.dirs, 1, "only a unidirectional layer carries state");
+        assert_eq!(i.h.len(), d.batch * d.units, "h is [B, H]");
+        if d.cell == Cell::Lstm {
+            assert_eq!(
+                i.c.map(<[f32]>::len),
+                Some(d.batch * d.units),
+                "c is [B, H]"
+            );
+        }
+    }
     let parallel = mode == Mode::Train;
     let infer_threads = match mode {
         Mode::Train => 1,
@@ -309,6 +341,7 @@ pub fn forward(d: &Dims, x: &[f32], weights: &Prepared, state: &mut State, mode:
                 extra_ptrs[dir],
                 h_ptr,
                 &zeros,
+                init,
             )
         }
     };
@@ -331,6 +364,7 @@ unsafe fn forward_block(
     extra: Ptr,
     hs: Ptr,
     zeros: &[f32],
+    init: Option<Initial>,
 ) {
     let (b, gh, h, w, eh) = (d.batch, d.gate_width(), d.units, d.width(), d.extra_width());
     let rows = r1 - r0;
@@ -345,24 +379,30 @@ unsafe fn forward_block(
         let prev = (s > 0).then(|| d.time(dir, s - 1));
         let a = gates.0.add((t * b + r0) * gh);
         let out = hs.0.add((t * b + r0) * w + dir * h);
-        let h_prev = prev.map(|tp| hs.0.add((tp * b + r0) * w + dir * h) as *const f32);
+        // The previous h (and c) with their row strides: the last step's,
+        // the carried state's at the first step, or none (zeros).
+        let h_prev: Option<(*const f32, usize)> = match prev {
+            Some(tp) => Some((hs.0.add((tp * b + r0) * w + dir * h) as *const f32, w)),
+            None => init.map(|i| (i.h.as_ptr().add(r0 * h), h)),
+        };
         match d.cell {
             Cell::Lstm => {
-                let (c_prev, c_ld) = match (prev, h_prev) {
-                    (Some(tp), Some(hp)) => {
-                        forward_product(
-                            route,
-                            rows,
-                            gh,
-                            h,
-                            MatMut { ptr: a, ld: gh },
-                            true,
-                            Mat::raw(hp, w),
-                            w_hh_t,
-                        );
-                        (extra.0.add((tp * b + r0) * eh) as *const f32, eh)
-                    }
-                    _ => (zeros.as_ptr(), 0),
+                if let Some((hp, ld)) = h_prev {
+                    forward_product(
+                        route,
+                        rows,
+                        gh,
+                        h,
+                        MatMut { ptr: a, ld: gh },
+                        true,
+                        Mat::raw(hp, ld),
+                        w_hh_t,
+                    );
+                }
+                let (c_prev, c_ld) = match (prev, init.and_then(|i| i.c)) {
+                    (Some(tp), _) => (extra.0.add((tp * b + r0) * eh) as *const f32, eh),
+                    (None, Some(c)) => (c.as_ptr().add(r0 * h), h),
+                    (None, None) => (zeros.as_ptr(), 0),
                 };
                 let e = extra.0.add((t * b + r0) * eh);
                 lstm::forward_rows(rows, h, a, gh, c_prev, c_ld, e, eh, out, w);
@@ -372,7 +412,7 @@ unsafe fn forward_block(
                     row.copy_from_slice(&p.b_hh);
                 }
                 let (hp, hp_ld) = match h_prev {
-                    Some(hp) => {
+                    Some((hp, ld)) => {
                         forward_product(
                             route,
                             rows,
@@ -380,10 +420,10 @@ unsafe fn forward_block(
                             h,
                             MatMut::rows(&mut hw, gh),
                             true,
-                            Mat::raw(hp, w),
+                            Mat::raw(hp, ld),
                             w_hh_t,
                         );
-                        (hp, w)
+                        (hp, ld)
                     }
                     None => (zeros.as_ptr(), 0),
                 };
@@ -391,7 +431,7 @@ unsafe fn forward_block(
                 gru::forward_rows(rows, h, a, gh, hw.as_ptr(), gh, hp, hp_ld, e, eh, out, w);
             }
             Cell::Rnn => {
-                if let Some(hp) = h_prev {
+                if let Some((hp, ld)) = h_prev {
                     forward_product(
                         route,
                         rows,
@@ -399,7 +439,7 @@ unsafe fn forward_block(
                         h,
                         MatMut { ptr: a, ld: gh },
                         true,
-                        Mat::raw(hp, w),
+                        Mat::raw(hp, ld),
                         w_hh_t,
                     );
                 }
