@@ -1,6 +1,7 @@
 //! `cargo bench --bench train`: training samples/s (fused kernels vs the
 //! stock composed candle path) and inference speed, for the four presets
-//! and a `large` config, at batch 64 and 256. `benches/pytorch_baseline.py`
+//! and a `large` config, at batch 64 and 256; and the per-token cost of a
+//! step from a carried state (Generate, sessions). `benches/pytorch_baseline.py`
 //! prints the same table for PyTorch.
 //!
 //! Optional argument: a substring; only configs whose name holds it run.
@@ -176,6 +177,30 @@ fn infer_rate(spec: &ModelSpec, rows: usize) -> (f64, f64) {
     let x = Tensor::from_vec(ids, (rows, spec.window), &Device::Cpu).unwrap();
     let composed_rate = rate(|| {
         let logits = net.forward_composed(&x, None).unwrap();
+        std::hint::black_box(candle_nn::ops::softmax_last_dim(&logits).unwrap());
+    });
+    (fused_rate, composed_rate)
+}
+
+/// (fused, composed) one-token steps per second from a carried state: what
+/// `Generate` and sessions pay per token after the prompt.
+fn carried_step_rate(spec: &ModelSpec) -> (f64, f64) {
+    let named = initial_parameters(spec, 7, &Device::Cpu).unwrap();
+    let net = Network::from_tensors(spec, &named.into_iter().collect()).unwrap();
+    let engine = Engine::new(&net).unwrap().expect("CPU f32 network");
+    let (prompt, _) = random_batch(spec, 1, &mut ChaCha8Rng::seed_from_u64(3));
+    let (_, mut fused_state) = engine.step(&prompt, None);
+    let fused_rate = rate(|| {
+        let (p, s) = engine.step(&[1], Some(&fused_state));
+        fused_state = std::hint::black_box(s);
+        std::hint::black_box(p);
+    });
+    let x = Tensor::from_vec(prompt, (1, spec.window), &Device::Cpu).unwrap();
+    let (_, mut composed_state) = net.forward_from(&x, None).unwrap();
+    let one = Tensor::from_vec(vec![1u32], (1, 1), &Device::Cpu).unwrap();
+    let composed_rate = rate(|| {
+        let (logits, s) = net.forward_from(&one, Some(&composed_state)).unwrap();
+        composed_state = s;
         std::hint::black_box(candle_nn::ops::softmax_last_dim(&logits).unwrap());
     });
     (fused_rate, composed_rate)
@@ -396,6 +421,17 @@ fn main() {
             fb * 1024.0,
             cb * 1024.0
         );
+    }
+    println!(
+        "{:<14} {:>16} {:>16}",
+        "carried step", "fused us/token", "composed us/token"
+    );
+    for (name, spec) in selected
+        .iter()
+        .filter(|(_, s)| s.layers.iter().all(|l| !l.bidirectional))
+    {
+        let (f, c) = carried_step_rate(spec);
+        println!("{name:<14} {:>16.1} {:>16.1}", 1e6 / f, 1e6 / c);
     }
     if let Some((f, c)) = dropout_b64 {
         println!("train dropout b64: fused {f:.0} samples/s, composed {c:.0} samples/s");
