@@ -22,8 +22,8 @@ pub fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
     Ok(())
 }
 
-/// A borderless table with a header, numbers right-aligned from
-/// `numeric_from` on.
+/// A borderless table with a header; the `numeric` columns are
+/// right-aligned.
 pub fn table(header: &[&str], numeric: &[usize]) -> Table {
     let mut table = Table::new();
     table
@@ -38,11 +38,15 @@ pub fn table(header: &[&str], numeric: &[usize]) -> Table {
     table
 }
 
-/// Prints a table without the leading space of each padded line.
-pub fn print_table(table: &Table) {
+/// Prints a table without the leading space of each padded line; returns
+/// the lines printed.
+pub fn print_table(table: &Table) -> usize {
+    let mut printed = 0;
     for line in table.lines() {
         println!("{}", line.strip_prefix(' ').unwrap_or(&line).trim_end());
+        printed += 1;
     }
+    printed
 }
 
 /// Whether bars and redrawn tables may be shown.

@@ -106,29 +106,47 @@ async fn job_best_epoch(client: &mut super::client::Client, job_id: &str) -> Opt
     }
 }
 
-/// Without the job: the epoch with the lowest validation loss (training
-/// loss when there was no validation), or the best value of the metric the
-/// config's early stopping watched.
+/// Without the job: the best epoch by the metric the config's early
+/// stopping watched (val_loss when there was validation, else loss), in
+/// its mode.
 fn best_by_monitor(model: &pb::Model) -> Option<u32> {
-    let metric = model
+    use crate::train::config::{Metric, Mode};
+    let has_val = model.history.iter().any(|m| m.val_loss.is_some());
+    let monitor = model
         .config
         .as_ref()
         .and_then(|c| c.early_stopping.as_ref())
-        .and_then(|e| e.monitor.as_ref())
-        .map(|m| m.metric.clone())
-        .filter(|m| !m.is_empty());
-    let has_val = model.history.iter().any(|m| m.val_loss.is_some());
-    let metric = metric.unwrap_or_else(|| if has_val { "val_loss" } else { "loss" }.into());
-    let value = |m: &pb::EpochMetrics| match metric.as_str() {
-        "accuracy" => Some(-m.accuracy),
-        "val_accuracy" => m.val_accuracy.map(|v| -v),
-        "val_loss" => m.val_loss,
-        _ => Some(m.loss),
+        .and_then(|e| e.monitor.as_ref());
+    let metric = monitor
+        .and_then(|m| Metric::parse("monitor", &m.metric).ok())
+        .unwrap_or(if has_val {
+            Metric::ValLoss
+        } else {
+            Metric::Loss
+        });
+    let mode = match monitor.map(|m| m.mode.as_str()) {
+        Some("min") => Mode::Min,
+        Some("max") => Mode::Max,
+        _ => metric.auto_mode(),
     };
+    let value = |m: &pb::EpochMetrics| match metric {
+        Metric::Loss => Some(m.loss),
+        Metric::Accuracy => Some(m.accuracy),
+        Metric::Top5Accuracy => Some(m.top5_accuracy),
+        Metric::ValLoss => m.val_loss,
+        Metric::ValAccuracy => m.val_accuracy,
+        Metric::ValTop5Accuracy => m.val_top5_accuracy,
+    };
+    // Lower is better after the sign flip for metrics that go up.
+    let sign = if mode == Mode::Min { 1.0 } else { -1.0 };
     model
         .history
         .iter()
-        .filter_map(|m| value(m).filter(|v| v.is_finite()).map(|v| (m.epoch, v)))
+        .filter_map(|m| {
+            value(m)
+                .filter(|v| v.is_finite())
+                .map(|v| (m.epoch, sign * v))
+        })
         .min_by(|a, b| a.1.total_cmp(&b.1))
         .map(|(epoch, _)| epoch)
 }

@@ -40,15 +40,20 @@ impl SpecArgs {
     }
 }
 
+/// `lstm`, `gru` or `rnn`.
+pub fn parse_cell(s: &str) -> Result<pb::Cell, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "lstm" => Ok(pb::Cell::Lstm),
+        "gru" => Ok(pb::Cell::Gru),
+        "rnn" => Ok(pb::Cell::Rnn),
+        other => Err(format!("the cell must be lstm, gru or rnn, got {other:?}")),
+    }
+}
+
 /// `lstm:64`, `gru:32:bi`, `rnn:16:bi:dropout=0.2`.
 pub fn parse_layer(s: &str) -> Result<pb::RecurrentLayer, String> {
     let mut parts = s.split(':');
-    let cell = match parts.next().unwrap_or("").to_ascii_lowercase().as_str() {
-        "lstm" => pb::Cell::Lstm,
-        "gru" => pb::Cell::Gru,
-        "rnn" => pb::Cell::Rnn,
-        other => return Err(format!("the cell must be lstm, gru or rnn, got {other:?}")),
-    };
+    let cell = parse_cell(parts.next().unwrap_or(""))?;
     let units = parts
         .next()
         .and_then(|u| u.parse::<u32>().ok())

@@ -3,7 +3,7 @@
 use super::client::ClientArgs;
 use super::follow::{follow_to_end, OnInterrupt};
 use super::output::{self, Format};
-use super::spec_args::{ConfigArgs, JobTarget, SpecArgs};
+use super::spec_args::{parse_cell, ConfigArgs, JobTarget, SpecArgs};
 use super::Failure;
 use crate::proto as pb;
 
@@ -60,8 +60,8 @@ pub struct SpaceArgs {
     #[arg(long, value_parser = parse_space, help_heading = "Search space")]
     pub search_layers: Option<pb::ParamSpace>,
     /// Cells to try, e.g. `lstm,gru`.
-    #[arg(long, value_delimiter = ',', help_heading = "Search space")]
-    pub search_cells: Vec<String>,
+    #[arg(long, value_delimiter = ',', value_parser = parse_cell, help_heading = "Search space")]
+    pub search_cells: Vec<pb::Cell>,
     /// e.g. `false,true`.
     #[arg(long, value_delimiter = ',', help_heading = "Search space")]
     pub search_bidirectional: Vec<bool>,
@@ -77,26 +77,17 @@ pub struct SpaceArgs {
 }
 
 impl SpaceArgs {
-    fn to_proto(&self) -> Result<pb::SearchSpace, Failure> {
-        let cells = self
-            .search_cells
-            .iter()
-            .map(|c| {
-                super::spec_args::parse_layer(&format!("{c}:1"))
-                    .map(|l| l.cell)
-                    .map_err(|e| Failure::local(format!("--search-cells: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(pb::SearchSpace {
+    fn to_proto(&self) -> pb::SearchSpace {
+        pb::SearchSpace {
             units: self.search_units.clone(),
             num_layers: self.search_layers.clone(),
-            cells,
+            cells: self.search_cells.iter().map(|&c| c as i32).collect(),
             bidirectional: self.search_bidirectional.clone(),
             dropout: self.search_dropout.clone(),
             learning_rate: self.search_learning_rate.clone(),
             batch_size: self.search_batch_size.clone(),
             embedding_dim: self.search_embedding_dim.clone(),
-        })
+        }
     }
 }
 
@@ -130,7 +121,7 @@ pub async fn run(args: TuneArgs) -> Result<(), Failure> {
         validation_dataset_id,
         spec: Some(args.spec.to_proto()),
         config: Some(args.config.to_proto()),
-        search_space: Some(args.space.to_proto()?),
+        search_space: Some(args.space.to_proto()),
         strategy: args.strategy.clone().unwrap_or_default(),
         max_trials: args.max_trials.unwrap_or(0),
         parallel_trials: args.parallel_trials.unwrap_or(0),
@@ -188,10 +179,7 @@ impl Leaderboard {
     }
 
     fn draw(&mut self) {
-        let table = trials_table(&self.trials);
-        let lines: Vec<String> = table.lines().collect();
-        output::print_table(&table);
-        self.drawn_lines = lines.len();
+        self.drawn_lines = output::print_table(&trials_table(&self.trials));
     }
 }
 

@@ -22,6 +22,19 @@ struct Layer {
     weights: Prepared,
 }
 
+impl Layer {
+    fn dims(&self, steps: usize, rows: usize) -> Dims {
+        Dims {
+            cell: self.cell,
+            steps,
+            batch: rows,
+            input: self.input,
+            units: self.units,
+            dirs: self.dirs,
+        }
+    }
+}
+
 /// A network ready for fused inference on the CPU.
 pub struct Engine {
     vocab: usize,
@@ -164,7 +177,7 @@ impl Engine {
             self.embed(ids, 1, steps, s);
             let mut carried = Vec::with_capacity(self.layers.len());
             for (i, layer) in self.layers.iter().enumerate() {
-                let d = self.dims(layer, steps, 1);
+                let d = layer.dims(steps, 1);
                 let init = states.map(|st| Initial {
                     h: &st[i].h,
                     c: st[i].c.as_deref(),
@@ -185,21 +198,10 @@ impl Engine {
                 .layers
                 .last()
                 .expect("a network has at least one layer");
-            self.head(&self.dims(last, steps, 1), s, &mut probs);
+            self.head(&last.dims(steps, 1), s, &mut probs);
             carried
         });
         (probs, carried)
-    }
-
-    fn dims(&self, layer: &Layer, steps: usize, rows: usize) -> Dims {
-        Dims {
-            cell: layer.cell,
-            steps,
-            batch: rows,
-            input: layer.input,
-            units: layer.units,
-            dirs: layer.dirs,
-        }
     }
 
     fn run_block(
@@ -213,7 +215,7 @@ impl Engine {
     ) {
         self.embed(ids, rows, steps, s);
         for layer in &self.layers {
-            let d = self.dims(layer, steps, rows);
+            let d = layer.dims(steps, rows);
             sequence::forward(&d, &s.input, &layer.weights, &mut s.state, mode);
             std::mem::swap(&mut s.input, &mut s.state.h);
         }
@@ -221,7 +223,7 @@ impl Engine {
             .layers
             .last()
             .expect("a network has at least one layer");
-        self.head(&self.dims(last, steps, rows), s, out);
+        self.head(&last.dims(steps, rows), s, out);
     }
 
     /// Time-major embedding lookup of `ids` [rows, steps] into `s.input`.
