@@ -15,6 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/lstmd/v1/job.proto",
         "proto/lstmd/v1/model.proto",
         "proto/lstmd/v1/prediction.proto",
+        // The Open Inference Protocol (KServe v2), served beside lstmd.v1.
+        "proto/inference/grpc_predict_v2.proto",
     ];
     let includes = [PathBuf::from("proto"), protoc_bin_vendored::include_path()?];
     tonic_prost_build::configure()
@@ -27,10 +29,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &includes,
         )?;
     // serde impls in the protobuf JSON mapping, for the CLI's JSON output.
+    // Every field, zeros and empty lists too (grpcurl's -emit-defaults): a
+    // script reads `top[0].id` even when the id is 0.
     let descriptors = std::fs::read(out_dir.join("lstmd_descriptor.bin"))?;
     pbjson_build::Builder::new()
         .register_descriptors(&descriptors)?
+        .emit_fields()
         .build(&[".lstmd.v1"])?;
+    // ONNX's own schema (proto/onnx/onnx.proto, unchanged from the onnx
+    // package): the messages of an exported model.onnx, no services.
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(false)
+        .compile_protos(&[PathBuf::from("proto/onnx/onnx.proto")], &includes)?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -11,7 +11,7 @@
    security settings are there, the paths of the ConfigMap are mounted, and
    (with --lstmd BIN) every LSTMD_* key is a variable `lstmd serve` reads.
 
-Usage: check_k8s.py [--lstmd target/debug/lstmd]. Exit 0 when all is well.
+Usage: check_k8s.py [--lstmd target/release/lstmd]. Exit 0 when all is well.
 """
 import argparse
 import base64

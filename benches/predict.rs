@@ -34,6 +34,7 @@ fn request(i: u64) -> pb::PredictRequest {
             text: String::new(),
         }],
         top_k: Some(5),
+        ..Default::default()
     }
 }
 
@@ -47,7 +48,11 @@ async fn channel(addr: std::net::SocketAddr) -> Channel {
 
 /// Registers the `dropout` preset with fresh weights through ImportModel.
 async fn import_model(addr: std::net::SocketAddr) {
-    let spec = preset("dropout").unwrap();
+    import_spec(addr, "dropout", preset("dropout").unwrap()).await;
+}
+
+/// Registers `spec` with fresh weights as the next version of `name`.
+async fn import_spec(addr: std::net::SocketAddr, name: &str, spec: lstmd::nn::ModelSpec) {
     let params = initial_parameters(&spec, 1, &Device::Cpu).unwrap();
     let weights = lstmd::train::to_safetensors(&params).unwrap();
     let info = ModelInfo {
@@ -64,14 +69,16 @@ async fn import_model(addr: std::net::SocketAddr) {
     let metadata = serde_json::to_vec(&info).unwrap();
     let chunks = vec![
         pb::ImportModelChunk {
-            name: "dropout".into(),
+            name: name.into(),
             file: "model.safetensors".into(),
             data: weights,
+            ..Default::default()
         },
         pb::ImportModelChunk {
-            name: "dropout".into(),
+            name: name.into(),
             file: "metadata.json".into(),
             data: metadata,
+            ..Default::default()
         },
     ];
     ModelServiceClient::new(channel(addr).await)
@@ -167,6 +174,7 @@ async fn measure(device: &str) -> Figures {
                         None,
                         vec![SequenceInput::Ids(sequence(i))],
                         Some(5),
+                        false,
                     )
                     .await
                     .unwrap();
@@ -191,7 +199,62 @@ async fn measure(device: &str) -> Figures {
     figures
 }
 
+/// In-process batch-1 Predict p50 (µs) of the latest version and of a pinned
+/// one, with `dropout` alone in the registry and then beside 999 other
+/// (tiny) models: resolving the latest version must not grow with them.
+async fn registry_rows() -> Vec<(usize, f64, f64)> {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ServeArgs::defaults("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
+    let server = lstmd::server::start(args, std::future::pending())
+        .await
+        .unwrap();
+    import_model(server.addr).await;
+    let predictor = Arc::clone(server.predictor());
+    let mut tiny = preset("dropout").unwrap();
+    tiny.vocab_size = 2;
+    tiny.embedding_dim = 1;
+    tiny.layers.truncate(1);
+    tiny.layers[0].units = 1;
+    let mut rows = Vec::new();
+    let mut registered = 1;
+    for models in [1, 1000] {
+        while registered < models {
+            import_spec(server.addr, &format!("filler-{registered}"), tiny.clone()).await;
+            registered += 1;
+        }
+        let p50 = |version: Option<u32>| {
+            let predictor = Arc::clone(&predictor);
+            async move {
+                let mut times = Vec::new();
+                for i in 0..500u64 {
+                    let t = Instant::now();
+                    let input = vec![SequenceInput::Ids(sequence(i))];
+                    predictor
+                        .predict("dropout", version, input, Some(5), false)
+                        .await
+                        .unwrap();
+                    times.push(t.elapsed());
+                }
+                times.sort();
+                micros(percentile(&times, 0.5))
+            }
+        };
+        rows.push((models, p50(None).await, p50(Some(1)).await));
+    }
+    drop(predictor);
+    server.stop().await.unwrap();
+    rows
+}
+
 const MODEL: &str = "`dropout` preset (Embedding 100x8, LSTM 64, LSTM 64, Dense 100), window 10";
+
+fn print_registry(rows: &[(usize, f64, f64)]) {
+    println!("in-process batch-1 p50 by registry size (us):");
+    println!("{:>8} {:>10} {:>10}", "models", "latest", "pinned v1");
+    for (models, latest, pinned) in rows {
+        println!("{models:>8} {latest:>10.1} {pinned:>10.1}");
+    }
+}
 
 fn print_one(f: &Figures) {
     println!("predict benchmark: {MODEL}");
@@ -253,7 +316,10 @@ async fn run() {
             }
             print_devices(&devices, &all);
         }
-        Err(_) => print_one(&measure("cpu").await),
+        Err(_) => {
+            print_one(&measure("cpu").await);
+            print_registry(&registry_rows().await);
+        }
     }
 }
 

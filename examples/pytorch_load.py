@@ -134,6 +134,11 @@ def main(argv=None):
     ap.add_argument("ids", nargs="?", help='token ids, e.g. "1 2 3 4"')
     ap.add_argument("--text", help="text to encode with the model's vocabulary instead of ids")
     ap.add_argument("--json-only", action="store_true", help="print only the JSON, no top-5 line")
+    ap.add_argument(
+        "--whole-input",
+        action="store_true",
+        help="feed every token (Predict's whole_input) instead of the context the model expects",
+    )
     args = ap.parse_args(argv)
 
     if (args.ids is None) == (args.text is None):
@@ -156,6 +161,12 @@ def main(argv=None):
     bad = [i for i in ids if not 0 <= i < vocab]
     if bad:
         fail(f"token ids out of range 0..{vocab - 1}: {bad}")
+
+    # Like Predict: a window model reads the last `window` tokens (metadata's
+    # "context"; models from before it have none and are window models too).
+    context = metadata.get("context") or {"kind": "window", "window": spec["window"]}
+    if context["kind"] == "window" and not args.whole_input:
+        ids = ids[-int(context["window"]):]
 
     with torch.no_grad():
         logits = model(torch.tensor([ids], dtype=torch.int64))

@@ -42,4 +42,27 @@ top_id=$(grep -o '"id": [0-9]*' <<<"$prediction" | head -1 | grep -o '[0-9]*$')
 top_p=$(grep -o '"probability": [0-9.e-]*' <<<"$prediction" | head -1 | awk '{print $2}')
 [ "$top_id" = 6 ] || fail "expected token 6 first, got ${top_id:-nothing}"
 awk -v p="$top_p" 'BEGIN { exit !(p > 0.5) }' || fail "token 6 has probability $top_p, expected > 0.5"
-echo "quickstart: OK (model $name predicts 6 with probability $top_p)"
+
+echo "== 5. Predict after inputs of every length 1..12 (3 windows): the cycle's next token"
+# Predict reads the last 4 tokens (the training window; GetModel's context
+# says so), and training scored every position, so 1..4 tokens work too.
+seqs="" want=""
+for len in $(seq 1 12); do
+  for start in 0 3; do
+    s=$(for i in $(seq "$start" $((start + len - 1))); do printf '%d,' $((i % 7)); done)
+    seqs="$seqs{\"ids\": [${s%,}]},"
+    want="$want $(((start + len) % 7))"
+  done
+done
+answers=$(g -d "{\"model\": \"$name\", \"sequences\": [${seqs%,}], \"top_k\": 1}" \
+  "$ADDR" lstmd.v1.PredictionService/Predict)
+got=$(grep -o '"id": [0-9]*' <<<"$answers" | grep -o '[0-9]*$' | tr '\n' ' ')
+[ "$got" = "${want# } " ] || fail "expected next tokens ${want# }, got $got"
+echo "next tokens: $got"
+
+echo "== 6. Greedy Generate from 0 1 2 (the cycle says 3 4 5 6 0 1 2 3)"
+tokens=$(g -d "{\"model\": \"$name\", \"prompt\": {\"ids\": [0, 1, 2]}, \"max_tokens\": 8, \"temperature\": 0}" \
+  "$ADDR" lstmd.v1.PredictionService/Generate | grep -o '"id": [0-9]*' | grep -o '[0-9]*$' | tr '\n' ' ')
+[ "$tokens" = "3 4 5 6 0 1 2 3 " ] || fail "Generate gave $tokens"
+echo "generated: $tokens"
+echo "quickstart: OK (model $name predicts 6 with probability $top_p, every input length and Generate follow the cycle)"

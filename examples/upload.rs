@@ -56,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
             tokenizer: tokenizer as i32,
             vocab_size: args.vocab_size,
             max_vocab_size: args.max_vocab_size,
+            vocabulary_from: None,
         })),
     })
     .await?;

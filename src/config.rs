@@ -87,6 +87,7 @@ pub struct SecurityArgs {
 /// Bounds on every size a client controls.
 #[derive(clap::Args, Clone, Debug)]
 pub struct LimitArgs {
+    /// Largest vocabulary of a dataset or model, in tokens.
     #[arg(long, env = "LSTMD_MAX_VOCAB_SIZE", default_value_t = 1 << 20)]
     pub max_vocab_size: usize,
     /// Largest dataset a client may send, in bytes (text, or 4 per token
@@ -96,12 +97,16 @@ pub struct LimitArgs {
     /// UploadDataset streams open at once; more get RESOURCE_EXHAUSTED.
     #[arg(long, env = "LSTMD_MAX_UPLOADS_IN_FLIGHT", default_value_t = 4)]
     pub max_uploads_in_flight: usize,
+    /// Widest embedding a model spec may ask for.
     #[arg(long, env = "LSTMD_MAX_EMBEDDING_DIM", default_value_t = 4096)]
     pub max_embedding_dim: usize,
+    /// Longest training window (tokens of context) a model spec may ask for.
     #[arg(long, env = "LSTMD_MAX_WINDOW", default_value_t = 4096)]
     pub max_window: usize,
+    /// Most recurrent layers in one model.
     #[arg(long, env = "LSTMD_MAX_LAYERS", default_value_t = 16)]
     pub max_layers: usize,
+    /// Most units in one recurrent layer.
     #[arg(long, env = "LSTMD_MAX_UNITS", default_value_t = 4096)]
     pub max_units: usize,
     /// Largest model an ImportModel stream may carry, in bytes.
@@ -110,8 +115,10 @@ pub struct LimitArgs {
     /// Largest model, in parameters.
     #[arg(long, env = "LSTMD_MAX_PARAMETERS", default_value_t = 200_000_000)]
     pub max_parameters: usize,
+    /// Most epochs one training job may ask for.
     #[arg(long, env = "LSTMD_MAX_EPOCHS", default_value_t = 100_000)]
     pub max_epochs: u32,
+    /// Largest training batch, in windows.
     #[arg(long, env = "LSTMD_MAX_BATCH_SIZE", default_value_t = 65_536)]
     pub max_batch_size: usize,
     /// Sequences in one Predict call.
@@ -120,8 +127,10 @@ pub struct LimitArgs {
     /// Tokens in one Predict sequence.
     #[arg(long, env = "LSTMD_MAX_SEQUENCE_LEN", default_value_t = 4096)]
     pub max_sequence_len: usize,
-    /// Predict calls being served at once; more get RESOURCE_EXHAUSTED.
-    #[arg(long, env = "LSTMD_MAX_PREDICT_IN_FLIGHT", default_value_t = 1024)]
+    /// Predict calls being served at once; more get RESOURCE_EXHAUSTED at
+    /// once (shed, not queued), which bounds memory and latency under
+    /// overload.
+    #[arg(long, env = "LSTMD_MAX_PREDICT_IN_FLIGHT", default_value_t = 256)]
     pub max_predict_in_flight: usize,
     /// Dynamic batching: sequences merged into one forward pass (1 = off).
     #[arg(long, env = "LSTMD_MAX_BATCH", default_value_t = 64)]
@@ -132,7 +141,7 @@ pub struct LimitArgs {
     #[arg(long, env = "LSTMD_MAX_BATCH_DELAY", default_value_t = 0)]
     pub max_batch_delay: u64,
     /// Predict requests queued per model; more get RESOURCE_EXHAUSTED.
-    #[arg(long, env = "LSTMD_MAX_PREDICT_QUEUE", default_value_t = 1024)]
+    #[arg(long, env = "LSTMD_MAX_PREDICT_QUEUE", default_value_t = 256)]
     pub max_predict_queue: usize,
     /// Memory for loaded models (weights bytes); least recently used go first.
     #[arg(long, env = "LSTMD_MODEL_CACHE_BYTES", default_value_t = 2 << 30)]

@@ -33,6 +33,16 @@ where
     Ok(value)
 }
 
+/// A client's value as an error message shows it: quoted, and cut to 64
+/// characters (a 5 MB name must not come back as a 5 MB error).
+pub fn shown(value: &str) -> String {
+    const MAX_CHARS: usize = 64;
+    match value.char_indices().nth(MAX_CHARS) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes in all)", &value[..cut], value.len()),
+    }
+}
+
 /// Checks a name that becomes part of a path: 1..=64 of `[A-Za-z0-9._-]`,
 /// not starting with a dot.
 pub fn check_name(field: &str, value: &str) -> Result<(), InvalidField> {
@@ -48,7 +58,8 @@ pub fn check_name(field: &str, value: &str) -> Result<(), InvalidField> {
         Err(InvalidField::new(
             field,
             format!(
-                "must be 1..=64 characters of [A-Za-z0-9._-] not starting with '.', got {value:?}"
+                "must be 1..=64 characters of [A-Za-z0-9._-] not starting with '.', got {}",
+                shown(value)
             ),
         ))
     }

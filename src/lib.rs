@@ -6,8 +6,10 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod interop;
 pub mod jobs;
 pub mod metrics;
+pub mod net;
 pub mod nn;
 pub mod predict;
 pub mod server;
@@ -22,4 +24,11 @@ pub mod proto {
 
     /// Serves reflection, so grpcurl needs no .proto files.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("lstmd_descriptor");
+}
+
+/// The generated types and server of the Open Inference Protocol
+/// (`inference.GRPCInferenceService`, KServe v2). Reflection serves them
+/// from `proto::FILE_DESCRIPTOR_SET`, which holds every compiled file.
+pub mod oip {
+    tonic::include_proto!("inference");
 }

@@ -1,32 +1,11 @@
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use lstmd::cli::ClientCommand;
+use lstmd::cli::app::{self, Command};
 use lstmd::config::{LogFormat, ServeArgs};
 
-#[derive(Parser)]
-#[command(
-    name = "lstmd",
-    version,
-    about = "Train and serve recurrent next-token models over gRPC",
-    after_help = "Client commands talk to --server (env LSTMD_SERVER, default 127.0.0.1:50051).\n\
-        Exit codes: 0 success, 1 a job failed or was cancelled, 2 client error, 3 server error."
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the gRPC service.
-    Serve(ServeArgs),
-    #[command(flatten)]
-    Client(ClientCommand),
-}
-
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    lstmd::cli::output::quiet_on_broken_pipe();
+    match app::parse().command {
         Command::Serve(args) => match serve(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -60,8 +39,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal, not in a file or a pipe.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => logs.init(),

@@ -13,6 +13,9 @@
 //! | `lstmd_jobs` | gauge (computed at scrape time) | `state` |
 //! | `lstmd_training_samples_per_second` | gauge | `worker` |
 //! | `lstmd_sessions_open` | gauge | |
+//! | `lstmd_model_requests_total`, `lstmd_model_errors_total` | counter | `model`, `version` |
+//! | `lstmd_model_request_duration_seconds` | histogram | `model`, `version` |
+//! | `lstmd_model_batch_sequences` | histogram (sequences a forward pass) | `model`, `version` |
 use std::convert::Infallible;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -97,7 +100,23 @@ fn describe() {
     describe_histogram!(
         "lstmd_predict_queue_seconds",
         Unit::Seconds,
-        "Time a Predict call's forward pass waits for a blocking thread"
+        "Time a Predict call waits in its model's batcher queue"
+    );
+    use crate::predict::stats::{MODEL_BATCH, MODEL_ERRORS, MODEL_LATENCY, MODEL_REQUESTS};
+    describe_counter!(
+        MODEL_REQUESTS,
+        "Predict and ModelInfer calls that reached a model version"
+    );
+    describe_counter!(MODEL_ERRORS, "Of those, the calls that failed");
+    describe_histogram!(
+        MODEL_LATENCY,
+        Unit::Seconds,
+        "Time from admission to answer, by model version"
+    );
+    describe_histogram!(
+        MODEL_BATCH,
+        Unit::Count,
+        "Sequences in each forward pass of a model version's batcher"
     );
     describe_counter!(
         "lstmd_model_cache_hits_total",
@@ -208,7 +227,10 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle, jobs: JobMan
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+            Ok((stream, _)) => {
+                crate::net::tune_accepted(&stream);
+                stream
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "metrics listener cannot accept");
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -12,17 +12,17 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 use crate::api::auth::{Auth, TokenFile};
 use crate::api::rpc::RpcLayer;
-use crate::api::{DatasetApi, JobApi, ModelApi, PredictionApi};
+use crate::api::{DatasetApi, InferenceApi, JobApi, ModelApi, PredictionApi};
 use crate::config::{parse_device, SecurityArgs, ServeArgs};
 use crate::data::Datasets;
 use crate::jobs::{JobManager, JobsConfig};
+use crate::oip::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::predict::Predictor;
 use crate::proto::{
     dataset_service_server::DatasetServiceServer, job_service_server::JobServiceServer,
@@ -39,8 +39,9 @@ pub struct RunningServer {
     pub health_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    // Gone once every part of the server has let go of the data dir.
-    store: Weak<dyn Store>,
+    // Gone once every part of the server has let go of the data dir and
+    // its record database is closed.
+    data_dir_open: Weak<()>,
     predictor: Arc<Predictor>,
 }
 
@@ -70,7 +71,7 @@ impl RunningServer {
         let result = self.task.await?;
         drop(self.predictor);
         for _ in 0..3000 {
-            if self.store.strong_count() == 0 {
+            if self.data_dir_open.strong_count() == 0 {
                 return result;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -152,13 +153,20 @@ pub async fn start(
         .set_service_status("", ServingStatus::NotServing)
         .await;
 
-    let store: Arc<dyn Store> = Arc::new(
-        LocalStore::open(&args.data_dir)
-            .with_context(|| format!("cannot open data dir {}", args.data_dir.display()))?,
-    );
-    let store_handle = Arc::downgrade(&store);
+    let local = LocalStore::open(&args.data_dir)
+        .with_context(|| format!("cannot open data dir {}", args.data_dir.display()))?;
+    let data_dir_open = local.closed_signal();
+    let store: Arc<dyn Store> = Arc::new(local);
     let registry = Arc::new(ModelRegistry::new(Arc::clone(&store)));
+    // Versions and labels in memory before the first request needs them.
+    registry
+        .load_catalog()
+        .context("cannot read the model registry")?;
     let datasets = Arc::new(Datasets::new(Arc::clone(&store), args.limits.data()));
+    // The data dir holds exactly what the records name: files a crash left
+    // without their record go before anything writes.
+    registry.remove_orphans()?;
+    datasets.remove_orphans()?;
     let jobs = JobManager::start(
         JobsConfig {
             workers: args.workers(),
@@ -175,6 +183,8 @@ pub async fn start(
         args.limits.predict(),
     ));
 
+    // Set when shutdown begins, for the calls that wait on their clients.
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
     // Configured first, then wrapped: the interceptor wrapper has no size
     // methods. Health and reflection are not wrapped: they stay open.
     let max = args.max_message_bytes;
@@ -182,7 +192,9 @@ pub async fn start(
         DatasetServiceServer::new(DatasetApi::new(
             Arc::clone(&datasets),
             jobs.clone(),
+            Arc::clone(&registry),
             args.limits.max_uploads_in_flight,
+            stopping_rx,
         ))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max),
@@ -194,6 +206,18 @@ pub async fn start(
             datasets,
             spec_limits: args.limits.spec(),
             train_limits: args.limits.train(),
+        })
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max),
+        auth.clone(),
+    );
+    // OIP's ServerReady: true while serving, false from shutdown on.
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let inference_svc = InterceptedService::new(
+        GrpcInferenceServiceServer::new(InferenceApi {
+            predictor: Arc::clone(&predictor),
+            registry: Arc::clone(&registry),
+            ready: Arc::clone(&ready),
         })
         .max_decoding_message_size(max)
         .max_encoding_message_size(max),
@@ -245,7 +269,7 @@ pub async fn start(
             let served = tonic::transport::Server::builder()
                 .add_service(health)
                 .add_service(health_reflection)
-                .serve_with_incoming(TcpListenerStream::new(listener))
+                .serve_with_incoming(crate::net::incoming(listener))
                 .await;
             if let Err(e) = served {
                 tracing::error!(error = %e, "the health listener failed");
@@ -272,6 +296,7 @@ pub async fn start(
 
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let shutdown_reporter = reporter.clone();
+    let shutdown_ready = Arc::clone(&ready);
     // Shutdown, on the first of the caller's signal and `stop()`: report
     // NOT_SERVING, stop the jobs (they keep their checkpoints; watch streams
     // end with a clear message), then let tonic drain in-flight calls. The
@@ -284,6 +309,8 @@ pub async fn start(
             _ = stop_rx => {}
         }
         let _ = deadline_tx.send(Some(tokio::time::Instant::now() + grace));
+        let _ = stopping_tx.send(true);
+        shutdown_ready.store(false, std::sync::atomic::Ordering::Relaxed);
         shutdown_reporter
             .set_service_status("", ServingStatus::NotServing)
             .await;
@@ -301,10 +328,11 @@ pub async fn start(
         .add_service(dataset_svc)
         .add_service(job_svc)
         .add_service(model_svc)
-        .add_service(prediction_svc);
+        .add_service(prediction_svc)
+        .add_service(inference_svc);
     let task = tokio::spawn(async move {
         let serve =
-            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            router.serve_with_incoming_shutdown(crate::net::incoming(listener), async move {
                 let _ = drain_rx.wait_for(|d| *d).await;
             });
         // Open streams can hold a graceful shutdown forever (tonic #1820).
@@ -328,6 +356,7 @@ pub async fn start(
     reporter
         .set_service_status("", ServingStatus::Serving)
         .await;
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
         %addr,
         tls = args.security.tls_cert.is_some(),
@@ -345,7 +374,7 @@ pub async fn start(
         health_addr,
         shutdown: Some(stop_tx),
         task,
-        store: store_handle,
+        data_dir_open,
         predictor: predictor_handle,
     })
 }

@@ -209,6 +209,17 @@ async fn datasets_training_models_prediction_and_plots_end_to_end() {
         .into_inner();
     let total = model.summary.as_ref().unwrap().total_parameters;
     assert!(text.contains(&format!("Total params: {total}")), "{text}");
+    let window = model
+        .context
+        .as_ref()
+        .expect("GetModel says the context")
+        .window;
+    assert!(
+        text.contains(&format!(
+            "Answers from: the last {window} tokens (trained on every position"
+        )),
+        "{text}"
+    );
     assert_eq!(
         text.matches("\n    3  ").count(),
         1,
@@ -362,7 +373,7 @@ async fn datasets_training_models_prediction_and_plots_end_to_end() {
     let gone = run(lstmd(&addr, &["datasets", "rm", "cycle"])).await;
     expect_code(&gone, 0);
     let list = json(&run(lstmd(&addr, &["datasets", "list", "--output", "json"])).await);
-    assert!(list.get("datasets").is_none(), "{list}");
+    assert_eq!(list["datasets"], serde_json::json!([]), "{list}");
     server.stop().await.unwrap();
 }
 
@@ -746,6 +757,45 @@ async fn tune_shows_the_leaderboard() {
         rows.iter().any(|r| r.contains("units=4")) && rows.iter().any(|r| r.contains("units=8")),
         "{rows:?}"
     );
+
+    // The events carry what changed: one trial (its newest epoch only) and
+    // the ranking by number; GetJob has the whole table.
+    let jobs = json(&run(lstmd(&addr, &["jobs", "list", "--output", "json"])).await);
+    let tuning = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["kind"] == "tuning")
+        .unwrap();
+    let id = tuning["id"].as_str().unwrap();
+    let watched = run(lstmd(&addr, &["jobs", "watch", id, "--output", "json"])).await;
+    expect_code(&watched, 0);
+    let trials: Vec<Value> = json_lines(&watched)
+        .into_iter()
+        .filter_map(|e| e.get("trial").cloned())
+        .collect();
+    assert!(trials.len() >= 4, "{trials:?}");
+    for t in &trials {
+        assert_eq!(t["leaderboard"], serde_json::json!([]), "{t}");
+        assert!(t["trial"]["history"].as_array().unwrap().len() <= 1, "{t}");
+    }
+    let last = trials.last().unwrap();
+    assert_eq!(last["ranking"].as_array().unwrap().len(), 2, "{last}");
+    let job = json(&run(lstmd(&addr, &["jobs", "show", id, "--output", "json"])).await);
+    let ranked: Vec<&Value> = job["trials"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &t["number"])
+        .collect();
+    assert_eq!(
+        ranked,
+        last["ranking"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .collect::<Vec<_>>()
+    );
     server.stop().await.unwrap();
 }
 
@@ -808,7 +858,7 @@ async fn tls_and_tokens_as_the_server_asks() {
         ],
     ))
     .await;
-    assert_eq!(json(&ok), serde_json::json!({}));
+    assert_eq!(json(&ok), serde_json::json!({"models": []}));
 
     // The same from the environment, the token from a file.
     let mut from_env = lstmd(&url, &["datasets", "list"]);
@@ -821,4 +871,567 @@ async fn tls_and_tokens_as_the_server_asks() {
     expect_code(&ok, 0);
     assert!(stdout(&ok).starts_with("ID"), "{}", stdout(&ok));
     server.stop().await.unwrap();
+}
+
+/// Every argument of every subcommand, `serve` included, says what it is
+/// for in `--help`.
+#[test]
+fn every_argument_has_help_text() {
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version") {
+                continue;
+            }
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                missing.push(format!("{path} {id}"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
+    }
+    let mut cmd = lstmd::cli::app::command();
+    cmd.build();
+    let mut missing = Vec::new();
+    walk(&cmd, "lstmd", &mut missing);
+    assert!(missing.is_empty(), "arguments without help: {missing:?}");
+    // The walk reached the nested subcommands and serve's limits.
+    let serve = cmd.find_subcommand("serve").unwrap();
+    assert!(serve
+        .get_arguments()
+        .any(|a| a.get_id() == "max_generate_tokens"));
+    let list = cmd
+        .find_subcommand("models")
+        .and_then(|m| m.find_subcommand("list"))
+        .unwrap();
+    assert!(list.get_arguments().any(|a| a.get_id() == "server"));
+}
+
+/// `serve --help` does not offer the client's options, which it ignores.
+#[test]
+fn serve_help_leaves_the_client_options_out() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lstmd"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    expect_code(&out, 0);
+    let help = stdout(&out);
+    assert!(help.contains("--max-generate-tokens"), "{help}");
+    assert!(!help.contains("--server"), "{help}");
+    assert!(!help.contains("--tls-ca"), "{help}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_options_go_before_or_after_the_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir.path().join("data")).await;
+    let addr = server.addr.to_string();
+    // LSTMD_SERVER names a port nothing listens on: only the flag can
+    // reach the server.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    for args in [
+        vec!["--server", &addr, "models", "list", "--output", "json"],
+        vec!["--server", &addr, "--output", "json", "models", "list"],
+        vec!["models", "--server", &addr, "list", "--output", "json"],
+        vec!["models", "list", "--server", &addr, "--output", "json"],
+    ] {
+        let out = run(lstmd(&nowhere, &args)).await;
+        assert_eq!(json(&out), serde_json::json!({"models": []}), "{args:?}");
+    }
+    // Without the flag, the environment's (closed) address is used.
+    let out = run(lstmd(&nowhere, &["models", "list"])).await;
+    expect_code(&out, 3);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_the_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir.path().join("data")).await;
+    let addr = server.addr.to_string();
+    // The reading end closes before the command prints anything (it
+    // prints only after a round trip to the server), as `| head -0` would.
+    let mut child = lstmd_std(&addr, &["datasets", "list"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!err.contains("Broken pipe"), "{err}");
+    server.stop().await.unwrap();
+}
+
+/// A long job submitted detached; returns its id once it runs.
+async fn running_job(server: &RunningServer, addr: &str, model: &str) -> String {
+    let mut args = train_args("cycle", model, "10000");
+    args.extend(["--detach", "--output", "json"]);
+    let job = json(&run(lstmd(addr, &args)).await);
+    let id = job["id"].as_str().unwrap().to_string();
+    while job_state(server, &id).await != pb::JobState::Running as i32 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_says_the_job_is_being_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir.path().join("data")).await;
+    let addr = server.addr.to_string();
+    let file = cycle_text(dir.path());
+    expect_code(
+        &run(lstmd(
+            &addr,
+            &["datasets", "upload", file.to_str().unwrap()],
+        ))
+        .await,
+        0,
+    );
+    let id = running_job(&server, &addr, "to-cancel").await;
+    let cancel = run(lstmd(&addr, &["jobs", "cancel", &id])).await;
+    expect_code(&cancel, 0);
+    let text = stdout(&cancel);
+    assert!(text.starts_with(&format!("job {id}: cancelling")), "{text}");
+    assert!(!text.contains(": running"), "{text}");
+    let watched = run(lstmd(&addr, &["jobs", "watch", &id])).await;
+    expect_code(&watched, 1);
+    assert!(
+        stdout(&watched).contains(&format!("job {id}: cancelled")),
+        "{}",
+        stdout(&watched)
+    );
+    // A job that already ended cannot be cancelled: a client error.
+    let again = run(lstmd(&addr, &["jobs", "cancel", &id])).await;
+    expect_code(&again, 2);
+    server.stop().await.unwrap();
+}
+
+/// The umask of this process (and so of the commands it starts).
+fn umask() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
+    u32::from_str_radix(line.split_whitespace().nth(1).unwrap(), 8).unwrap()
+}
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_output_numbers_files_and_flag_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir.path().join("data")).await;
+    let addr = server.addr.to_string();
+    let file = cycle_text(dir.path());
+    expect_code(
+        &run(lstmd(
+            &addr,
+            &["datasets", "upload", file.to_str().unwrap()],
+        ))
+        .await,
+        0,
+    );
+
+    // A field error names the flag that sets the field.
+    let no_embedding = run(lstmd(
+        &addr,
+        &[
+            "train",
+            "--dataset",
+            "cycle",
+            "--window",
+            "4",
+            "--layer",
+            "lstm:8",
+        ],
+    ))
+    .await;
+    expect_code(&no_embedding, 2);
+    assert!(
+        stderr(&no_embedding).contains("spec.embedding_dim (--embedding-dim)"),
+        "{}",
+        stderr(&no_embedding)
+    );
+
+    // One epoch: "1 epoch", the queue message without the repeated state,
+    // and each epoch line with the epoch's own time.
+    let trained = run(lstmd(&addr, &train_args("cycle", "one", "1"))).await;
+    expect_code(&trained, 0);
+    let text = stdout(&trained);
+    assert!(text.contains("completed 1 epoch"), "{text}");
+    assert!(!text.contains("1 epochs"), "{text}");
+    assert!(!text.contains("queued (queued"), "{text}");
+    let trained = run(lstmd(&addr, &train_args("cycle", "three", "3"))).await;
+    expect_code(&trained, 0);
+    let text = stdout(&trained);
+    let mut c = connect(&server).await;
+    let model = c
+        .models
+        .get_model(pb::GetModelRequest {
+            name: "three".into(),
+            version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut previous = 0.0;
+    for m in &model.history {
+        let own = lstmd::cli::output::seconds(m.elapsed_seconds - previous);
+        previous = m.elapsed_seconds;
+        let line = format!("Epoch {}/3 - {own} - loss", m.epoch);
+        assert!(text.contains(&line), "{line:?} in {text}");
+    }
+
+    // --output json carries every field, zeros included: with top-k as
+    // large as the vocabulary, `<unk>` (id 0, probability near 0) is there.
+    let vocab = model.vocab_size.to_string();
+    let predicted = json(
+        &run(lstmd(
+            &addr,
+            &[
+                "predict", "--model", "three", "--top-k", &vocab, "--output", "json", "abc",
+            ],
+        ))
+        .await,
+    );
+    let top = predicted["predictions"][0]["top"].as_array().unwrap();
+    assert_eq!(top.len(), model.vocab_size as usize);
+    assert!(top
+        .iter()
+        .all(|t| t.get("id").is_some() && t.get("probability").is_some()));
+    assert!(top.iter().any(|t| t["id"] == 0), "{top:?}");
+
+    // Stored and printed as given: f32 flags are not widened with noise.
+    let export = dir.path().join("export");
+    let exported = run(lstmd(
+        &addr,
+        &["models", "export", "three", "-d", export.to_str().unwrap()],
+    ))
+    .await;
+    expect_code(&exported, 0);
+    let metadata: Value =
+        serde_json::from_slice(&std::fs::read(export.join("metadata.json")).unwrap()).unwrap();
+    assert_eq!(
+        metadata["training"]["learning_rate"],
+        serde_json::json!(0.02)
+    );
+    assert_eq!(
+        metadata["training"]["validation_split"],
+        serde_json::json!(0.2)
+    );
+
+    // Files the CLI writes follow the umask, as any other command's.
+    let expected = 0o666 & !umask();
+    for f in ["model.safetensors", "metadata.json"] {
+        assert_eq!(mode(&export.join(f)), expected, "{f}");
+    }
+    let plot = dir.path().join("curves.svg");
+    expect_code(
+        &run(lstmd(
+            &addr,
+            &["plot", "--model", "three", "-o", plot.to_str().unwrap()],
+        ))
+        .await,
+        0,
+    );
+    assert_eq!(mode(&plot), expected);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_out_text_reuses_the_training_vocabulary() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir.path().join("data")).await;
+    let addr = server.addr.to_string();
+    let file = cycle_text(dir.path());
+    let train = json(
+        &run(lstmd(
+            &addr,
+            &[
+                "datasets",
+                "upload",
+                file.to_str().unwrap(),
+                "--output",
+                "json",
+            ],
+        ))
+        .await,
+    );
+    // A held-out text with 3 characters the training text never had.
+    let held_out = dir.path().join("held-out.txt");
+    std::fs::write(
+        &held_out,
+        format!("{}xyz{}", "cdefgab".repeat(30), "abcdefg".repeat(30)),
+    )
+    .unwrap();
+    let own = json(
+        &run(lstmd(
+            &addr,
+            &[
+                "datasets",
+                "upload",
+                held_out.to_str().unwrap(),
+                "--name",
+                "own-vocab",
+                "--output",
+                "json",
+            ],
+        ))
+        .await,
+    );
+    assert_ne!(own["vocabSize"], train["vocabSize"]);
+    let reused = json(
+        &run(lstmd(
+            &addr,
+            &[
+                "datasets",
+                "upload",
+                held_out.to_str().unwrap(),
+                "--vocabulary-from",
+                "cycle",
+                "--output",
+                "json",
+            ],
+        ))
+        .await,
+    );
+    assert_eq!(reused["vocabSize"], train["vocabSize"]);
+    assert_eq!(reused["unknownTokens"], "3");
+    assert_eq!(reused["tokenCount"], "423");
+    assert_eq!(train["unknownTokens"], "0");
+
+    // Refused as validation data with its own vocabulary, accepted with
+    // the training set's.
+    // (A validation dataset replaces --validation-split.)
+    let with_validation = |dataset: &'static str| {
+        let mut args: Vec<&str> = train_args("cycle", "validated", "1")
+            .into_iter()
+            .filter(|a| !matches!(*a, "--validation-split" | "0.2"))
+            .collect();
+        args.extend(["--validation-dataset", dataset]);
+        args
+    };
+    let args = with_validation("own-vocab");
+    let refused = run(lstmd(&addr, &args)).await;
+    expect_code(&refused, 2);
+    assert!(
+        stderr(&refused).contains("vocabulary"),
+        "{}",
+        stderr(&refused)
+    );
+    let args = with_validation("held-out");
+    let trained = run(lstmd(&addr, &args)).await;
+    expect_code(&trained, 0);
+    assert!(
+        stdout(&trained).contains("val_loss"),
+        "{}",
+        stdout(&trained)
+    );
+
+    // A model's vocabulary, over gRPC: the same ids as the dataset's.
+    let mut c = connect(&server).await;
+    let from_model = c
+        .datasets
+        .create_dataset(pb::CreateDatasetRequest {
+            name: "from-model".into(),
+            data: Some(pb::create_dataset_request::Data::Text("gfedcba?!".into())),
+            vocabulary_from: Some(pb::VocabularyFrom {
+                model: "validated".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        from_model.vocab_size.to_string(),
+        train["vocabSize"].to_string()
+    );
+    assert_eq!(from_model.unknown_tokens, 2);
+    // Token ids have no vocabulary to reuse; a tokenizer that contradicts
+    // the vocabulary is refused.
+    let ids = ids_dataset(&mut c, "ids", cycle(5, 50), 5).await;
+    let status = c
+        .datasets
+        .create_dataset(pb::CreateDatasetRequest {
+            name: "from-ids".into(),
+            data: Some(pb::create_dataset_request::Data::Text("abc".into())),
+            vocabulary_from: Some(pb::VocabularyFrom {
+                dataset_id: ids.id.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("vocabulary_from.dataset_id"),
+        "{}",
+        status.message()
+    );
+    let status = c
+        .datasets
+        .create_dataset(pb::CreateDatasetRequest {
+            name: "byte".into(),
+            data: Some(pb::create_dataset_request::Data::Text("abc".into())),
+            tokenizer: pb::Tokenizer::Byte as i32,
+            vocabulary_from: Some(pb::VocabularyFrom {
+                dataset_id: train["id"].as_str().unwrap().into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("tokenizer must be"),
+        "{}",
+        status.message()
+    );
+
+    // A model of token ids says so, instead of an empty vocabulary kind.
+    let trained = run(lstmd(
+        &addr,
+        &[
+            "train",
+            "--dataset",
+            "ids",
+            "--name",
+            "ids-model",
+            "--window",
+            "4",
+            "--embedding-dim",
+            "4",
+            "--layer",
+            "lstm:4",
+            "--epochs",
+            "1",
+        ],
+    ))
+    .await;
+    expect_code(&trained, 0);
+    let shown = run(lstmd(&addr, &["models", "show", "ids-model"])).await;
+    expect_code(&shown, 0);
+    assert!(
+        stdout(&shown).contains("token ids below 5 (no text vocabulary)"),
+        "{}",
+        stdout(&shown)
+    );
+    assert!(
+        !stdout(&shown).contains("vocabulary  ("),
+        "{}",
+        stdout(&shown)
+    );
+    server.stop().await.unwrap();
+}
+
+/// The README's self-signed certificate recipe, as written there: the
+/// `openssl req -x509 ...` command that writes tls.key and tls.crt.
+fn readme_certificate_recipe() -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let mut lines = readme
+        .lines()
+        .skip_while(|l| !l.starts_with("openssl req -x509"));
+    let mut command = String::new();
+    for line in lines.by_ref() {
+        command.push_str(line);
+        command.push('\n');
+        if !line.ends_with('\\') {
+            break;
+        }
+    }
+    assert!(
+        command.contains("-keyout tls.key -out tls.crt"),
+        "{command}"
+    );
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_certificate_works_with_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = std::process::Command::new("bash")
+        .args(["-c", &readme_certificate_recipe()])
+        .current_dir(dir.path())
+        .output()
+        .expect("bash and openssl run");
+    expect_code(&made, 0);
+    let mut args = args(&dir.path().join("data"));
+    args.security.tls_cert = Some(dir.path().join("tls.crt"));
+    args.security.tls_key = Some(dir.path().join("tls.key"));
+    let server = start_with(args).await;
+    let port = server.addr.port();
+    let ca = dir.path().join("tls.crt");
+
+    // Accepted as its own trust anchor: an end-entity certificate.
+    let url = format!("https://localhost:{port}");
+    let ok = run(lstmd(
+        &url,
+        &[
+            "models",
+            "list",
+            "--tls-ca",
+            ca.to_str().unwrap(),
+            "--output",
+            "json",
+        ],
+    ))
+    .await;
+    assert_eq!(json(&ok), serde_json::json!({"models": []}));
+    let by_ip = run(lstmd(
+        &format!("https://127.0.0.1:{port}"),
+        &["datasets", "list", "--tls-ca", ca.to_str().unwrap()],
+    ))
+    .await;
+    expect_code(&by_ip, 0);
+
+    // Plaintext against the TLS port: the error says TLS may be wanted.
+    let plain = run(lstmd(&format!("127.0.0.1:{port}"), &["models", "list"])).await;
+    assert_ne!(plain.status.code(), Some(0));
+    assert!(stderr(&plain).contains("--tls-ca"), "{}", stderr(&plain));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_logs_have_no_colour_codes_off_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lstmd"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap());
+    let logged = tokio::task::spawn_blocking(move || {
+        let mut logged = String::new();
+        while !logged.contains("lstmd serving") {
+            if lines.read_line(&mut logged).unwrap() == 0 {
+                break;
+            }
+        }
+        logged
+    })
+    .await
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(logged.contains("lstmd serving"), "{logged}");
+    assert!(!logged.contains('\u{1b}'), "{logged:?}");
 }

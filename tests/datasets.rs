@@ -169,6 +169,7 @@ async fn predict(
             version: 0,
             sequences,
             top_k: Some(top_k),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -756,6 +757,7 @@ async fn text_round_trips_through_predict() {
             data: Some(pb::create_dataset_request::Data::Text(text.clone())),
             tokenizer: pb::Tokenizer::Char as i32,
             max_vocab_size: 0,
+            vocabulary_from: None,
         })
         .await
         .unwrap()

@@ -1,8 +1,8 @@
 //! The fused kernels against the composed candle path (their oracle):
 //! logits and the gradient of every parameter agree to 1e-5, for every
 //! cell, uni- and bidirectional, 1 and 3 layers, odd sizes, with and
-//! without dropout; the fused loss against candle-nn's; the inference
-//! engine against the forward pass.
+//! without dropout, scoring the last or every position; the fused loss
+//! against candle-nn's; the inference engine against the forward pass.
 use candle_core::{DType, Device, Tensor, Var};
 use lstmd::nn::fused::{self, Engine};
 use lstmd::nn::{initial_parameters, Cell, Dropout, LayerSpec, ModelSpec, Network};
@@ -91,17 +91,35 @@ fn worst_relative(a: &Tensor, b: &Tensor) -> f64 {
 /// and every gradient agree to 1e-5. Prints how far each f32 path is from
 /// the composed path in f64, for scale.
 fn check_agreement(spec: &ModelSpec, rows: usize, steps: usize, with_dropout: bool, label: &str) {
+    check_scoring(spec, rows, steps, with_dropout, false, label)
+}
+
+/// [`check_agreement`] with the loss at every position when `every`.
+fn check_scoring(
+    spec: &ModelSpec,
+    rows: usize,
+    steps: usize,
+    with_dropout: bool,
+    every: bool,
+    label: &str,
+) {
     let (net, vars) = build(spec, 11);
     let (ids, targets) = batch(spec, rows, steps, 12);
+    let targets = if every {
+        batch(spec, rows * steps, 1, 13).0.flatten_all().unwrap()
+    } else {
+        targets
+    };
     let run = |net: &Network, vars: &[(String, Var)], fused_path: bool| {
         let mut dropout = Dropout::new(5);
         let d = with_dropout.then_some(&mut dropout);
-        let logits = if fused_path {
-            net.forward_fused(&ids, d).unwrap()
-        } else {
-            net.forward_composed(&ids, d).unwrap()
+        let logits = match (every, fused_path) {
+            (true, f) => net.forward_every_on(&ids, d, f).unwrap(),
+            (false, true) => net.forward_fused(&ids, d).unwrap(),
+            (false, false) => net.forward_composed(&ids, d).unwrap(),
         };
-        let loss = candle_nn::loss::cross_entropy(&logits, &targets).unwrap();
+        let flat = logits.reshape(((), spec.vocab_size)).unwrap();
+        let loss = candle_nn::loss::cross_entropy(&flat, &targets).unwrap();
         let grads = loss.backward().unwrap();
         // With one step the composed path never multiplies by weight_hh,
         // so it has no gradient there: zero, as the fused path says.
@@ -167,6 +185,24 @@ fn fused_layers_match_composed_values_and_gradients() {
                     check_agreement(&s, 37, 7, false, &label);
                 }
             }
+        }
+    });
+}
+
+#[test]
+fn every_position_fused_matches_composed() {
+    with_products(usize::MAX, || {
+        fused::threads::set_min_rows_per_worker(4);
+        for cell in [Cell::Lstm, Cell::Gru, Cell::Rnn] {
+            for bidirectional in [false, true] {
+                for dropout in [0.0, 0.3] {
+                    let s = spec(cell, bidirectional, &[9, 6], dropout);
+                    let label = format!("{cell:?} bi={bidirectional} every, dropout {dropout}");
+                    check_scoring(&s, 13, 5, dropout > 0.0, true, &label);
+                }
+            }
+            let s = spec(cell, false, &[4], 0.0);
+            check_scoring(&s, 1, 1, false, true, &format!("{cell:?} every T=1 B=1"));
         }
     });
 }
@@ -324,4 +360,80 @@ fn carried_state_matches_composed_and_whole_sequences() {
             }
         }
     }
+}
+
+/// Stateful training's step from a carried (non-zero) state: logits, every
+/// gradient and the final states agree between the fused kernels and the
+/// composed path, scoring the last or every position, with dropout.
+#[test]
+fn carried_training_step_fused_matches_composed() {
+    use lstmd::nn::LayerState;
+    with_products(usize::MAX, || {
+        for cell in [Cell::Lstm, Cell::Gru, Cell::Rnn] {
+            for every in [false, true] {
+                let s = spec(cell, false, &[9, 6], 0.2);
+                let (net, vars) = build(&s, 21);
+                let (rows, steps) = (11, 5);
+                let (ids, last_targets) = batch(&s, rows, steps, 22);
+                let targets = if every {
+                    batch(&s, rows * steps, 1, 23).0.flatten_all().unwrap()
+                } else {
+                    last_targets
+                };
+                let mut rng = ChaCha8Rng::seed_from_u64(24);
+                let mut random = |units: usize| {
+                    let v: Vec<f32> = (0..rows * units)
+                        .map(|_| rng.random_range(-0.8..0.8))
+                        .collect();
+                    Tensor::from_vec(v, (rows, units), &Device::Cpu).unwrap()
+                };
+                let init: Vec<LayerState> = s
+                    .layers
+                    .iter()
+                    .map(|l| LayerState {
+                        h: random(l.units),
+                        c: (cell == Cell::Lstm).then(|| random(l.units)),
+                    })
+                    .collect();
+                let run = |fused_path: bool| {
+                    let mut dropout = Dropout::new(25);
+                    let (logits, states) = net
+                        .forward_carried_on(
+                            &ids,
+                            Some(&init),
+                            Some(&mut dropout),
+                            every,
+                            fused_path,
+                        )
+                        .unwrap();
+                    let flat = logits.reshape(((), s.vocab_size)).unwrap();
+                    let loss = candle_nn::loss::cross_entropy(&flat, &targets).unwrap();
+                    let grads = loss.backward().unwrap();
+                    let grads: Vec<Tensor> = vars
+                        .iter()
+                        .map(|(_, v)| grads.get(v.as_tensor()).unwrap().clone())
+                        .collect();
+                    (logits, states, grads)
+                };
+                let (lf, sf, gf) = run(true);
+                let (lc, sc, gc) = run(false);
+                let label = format!("{cell:?} every={every}");
+                let e = worst_relative(&lf, &lc);
+                assert!(e <= 1e-5, "{label}: logits differ by {e:e}");
+                for (a, b) in sf.iter().zip(&sc) {
+                    let e = worst_relative(&a.h, &b.h);
+                    assert!(e <= 1e-5, "{label}: final h differs by {e:e}");
+                    if let (Some(x), Some(y)) = (&a.c, &b.c) {
+                        let e = worst_relative(x, y);
+                        assert!(e <= 1e-5, "{label}: final c differs by {e:e}");
+                    }
+                    assert_eq!(a.c.is_some(), b.c.is_some());
+                }
+                for (i, (name, _)) in vars.iter().enumerate() {
+                    let e = worst_relative(&gf[i], &gc[i]);
+                    assert!(e <= 1e-5, "{label}: gradient of {name} differs by {e:e}");
+                }
+            }
+        }
+    });
 }

@@ -54,6 +54,36 @@ fn logits_and_gradients_match_pytorch() {
     }
 }
 
+/// Every-position loss (logits after each prefix) against PyTorch, both
+/// paths; bidirectional models run each prefix on its own.
+#[test]
+fn every_position_logits_and_gradients_match_pytorch() {
+    let dir = golden().join("every_position");
+    let cases = cases(&dir).unwrap();
+    assert_eq!(cases.len(), 12, "3 cells x uni/bi x 1/3 layers");
+    for forward in [Forward::Composed, Forward::Fused] {
+        for case in &cases {
+            let r = Fixture::load(&dir, case, DType::F32, &Device::Cpu)
+                .unwrap()
+                .check(forward)
+                .unwrap();
+            let name = &case.name;
+            assert!(
+                r.logits <= 1e-5,
+                "{name} ({forward:?}): logits {:e}",
+                r.logits
+            );
+            assert!(r.loss <= 1e-5, "{name} ({forward:?}): loss {:e}", r.loss);
+            assert!(
+                r.gradients <= 1e-4,
+                "{name} ({forward:?}): grad of {} differs by {:e} relative",
+                r.worst_gradient,
+                r.gradients
+            );
+        }
+    }
+}
+
 /// The `lstmd-check` binary runs the same check (on the CPU here; on a GPU
 /// host, `--device cuda`) and says so.
 #[test]

@@ -395,6 +395,7 @@ async fn kill_9_mid_training_then_the_job_resumes_from_its_checkpoint() {
                 text: String::new(),
             }],
             top_k: Some(1),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -21,6 +21,7 @@ async fn export(c: &mut Clients, name: &str, version: u32) -> (Vec<u8>, Vec<u8>)
         .export_model(pb::ExportModelRequest {
             name: name.into(),
             version,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -49,6 +50,7 @@ async fn import(
                 name: name.into(),
                 file: file.into(),
                 data: part.to_vec(),
+                ..Default::default()
             });
         }
     }
@@ -73,6 +75,7 @@ fn predict(model: &str, version: u32) -> pb::PredictRequest {
             },
         ],
         top_k: Some(6),
+        ..Default::default()
     }
 }
 

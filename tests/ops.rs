@@ -492,7 +492,11 @@ async fn predict_metrics_and_deadline_exceeded() {
     // alone would say CANCELLED), from the server, not from the client.
     let raw = raw_http2(server.addr).await;
     let origin: http::Uri = format!("http://{}", server.addr).parse().unwrap();
-    let mut slow = Request::new(predict(256, 1024));
+    // The whole input, not the last window: long enough to outlive 20 ms.
+    let mut slow = Request::new(pb::PredictRequest {
+        whole_input: true,
+        ..predict(256, 1024)
+    });
     slow.set_timeout(Duration::from_millis(20));
     let started = std::time::Instant::now();
     let late = PredictionServiceClient::with_origin(raw.clone(), origin.clone())

@@ -22,6 +22,7 @@ fn predict(model: &str, sequences: &[&[u32]], k: u32) -> pb::PredictRequest {
         version: 0,
         sequences: sequences.iter().map(|s| ids(s)).collect(),
         top_k: Some(k),
+        ..Default::default()
     }
 }
 
@@ -78,6 +79,7 @@ async fn open(c: &mut Clients, model: &str) -> Result<String, tonic::Status> {
         .open_session(pb::OpenSessionRequest {
             model: model.into(),
             version: 0,
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner().session_id)
@@ -177,7 +179,7 @@ async fn concurrent_sessions_never_see_each_others_state() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sessions_expire_are_bounded_and_refuse_bidirectional_models() {
+async fn sessions_expire_are_bounded_and_refuse_whole_input_on_bidirectional_models() {
     let dir = tempfile::tempdir().unwrap();
     let mut args = args(dir.path());
     args.limits.session_idle_timeout = 1;
@@ -195,9 +197,21 @@ async fn sessions_expire_are_bounded_and_refuse_bidirectional_models() {
     assert_eq!(expired.code(), Code::NotFound, "{expired:?}");
     // Expired sessions free their places.
     open(&mut c, "m").await.unwrap();
-    let bi = open(&mut c, "bi").await.unwrap_err();
+    // A bidirectional model cannot carry a state over the whole input; by
+    // default its session keeps the last window of tokens instead.
+    let bi = c
+        .predict
+        .open_session(pb::OpenSessionRequest {
+            model: "bi".into(),
+            whole_input: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(bi.code(), Code::FailedPrecondition);
     assert!(bi.message().contains("bidirectional"), "{bi:?}");
+    let windowed = open(&mut c, "bi").await.unwrap();
+    feed(&mut c, &windowed, &[1, 2], 3).await.unwrap();
     let unknown = feed(&mut c, "sess-nope", &[1], 3).await.unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
     server.stop().await.unwrap();

@@ -39,6 +39,7 @@ fn predict_request(model: &str, sequences: Vec<Vec<u32>>) -> pb::PredictRequest 
             })
             .collect(),
         top_k: Some(3),
+        ..Default::default()
     }
 }
 

@@ -298,6 +298,7 @@ async fn the_same_seed_gives_identical_bytes_and_dropout_never_touches_predictio
             text: String::new(),
         }],
         top_k: Some(7),
+        ..Default::default()
     };
     let p1 = c
         .predict

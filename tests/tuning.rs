@@ -121,6 +121,7 @@ async fn a_2x2_grid_runs_four_trials_and_registers_the_best() {
             .export_model(pb::ExportModelRequest {
                 name: "tuned".into(),
                 version: model.version,
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -87,21 +87,28 @@ fn monitor_request(m: Option<pb::Monitor>) -> MonitorRequest {
     }
 }
 
+/// An f32 from the wire as the decimal the client wrote: `0.01f32` widened
+/// to f64 is 0.009999999776482582, which metadata.json and the job would
+/// then show; its shortest decimal, read as f64, is 0.01.
+pub fn f32_as_written(v: f32) -> f64 {
+    v.to_string().parse().unwrap_or_else(|_| f64::from(v))
+}
+
 pub fn config_request(config: Option<pb::TrainingConfig>) -> TrainConfigRequest {
     let c = config.unwrap_or_default();
     TrainConfigRequest {
         epochs: c.epochs,
         batch_size: c.batch_size.map(|v| v as usize),
         optimizer: (!c.optimizer.is_empty()).then_some(c.optimizer),
-        learning_rate: c.learning_rate.map(f64::from),
-        beta1: c.beta1.map(f64::from),
-        beta2: c.beta2.map(f64::from),
-        epsilon: c.epsilon.map(f64::from),
-        weight_decay: c.weight_decay.map(f64::from),
-        validation_split: c.validation_split.map(f64::from),
+        learning_rate: c.learning_rate.map(f32_as_written),
+        beta1: c.beta1.map(f32_as_written),
+        beta2: c.beta2.map(f32_as_written),
+        epsilon: c.epsilon.map(f32_as_written),
+        weight_decay: c.weight_decay.map(f32_as_written),
+        validation_split: c.validation_split.map(f32_as_written),
         seed: c.seed,
         shuffle: c.shuffle,
-        clip_grad_norm: c.clip_grad_norm.map(f64::from),
+        clip_grad_norm: c.clip_grad_norm.map(f32_as_written),
         early_stopping: c.early_stopping.map(|e| EarlyStoppingRequest {
             monitor: monitor_request(e.monitor),
             patience: e.patience,
@@ -115,7 +122,9 @@ pub fn config_request(config: Option<pb::TrainingConfig>) -> TrainConfigRequest 
         }),
         keep_best: c.keep_best,
         progress_every_batches: c.progress_every_batches,
-        progress_every_seconds: c.progress_every_seconds.map(f64::from),
+        progress_every_seconds: c.progress_every_seconds.map(f32_as_written),
+        loss_positions: (!c.loss_positions.is_empty()).then_some(c.loss_positions),
+        stateful: c.stateful,
     }
 }
 
@@ -166,6 +175,8 @@ pub fn config_to_proto(c: &TrainConfig) -> pb::TrainingConfig {
         keep_best: Some(c.keep_best),
         progress_every_batches: Some(c.progress_every_batches),
         progress_every_seconds: Some(c.progress_every_seconds as f32),
+        loss_positions: c.loss_positions.name().to_string(),
+        stateful: Some(c.stateful),
     }
 }
 
@@ -252,11 +263,19 @@ pub fn event_to_proto(e: &JobEvent) -> pb::JobEvent {
             what,
             trial,
             leaderboard,
-        } => Kind::Trial(pb::TrialEvent {
-            what: what.clone(),
-            trial: Some(trial_to_proto(trial)),
-            leaderboard: leaderboard.iter().map(trial_to_proto).collect(),
-        }),
+        } => {
+            // What changed only: the trial with its newest epoch, and the
+            // ranking by number (GetJob has every trial and history).
+            let mut trial = trial_to_proto(trial);
+            let newest = trial.history.pop();
+            trial.history = newest.into_iter().collect();
+            Kind::Trial(pb::TrialEvent {
+                what: what.clone(),
+                trial: Some(trial),
+                leaderboard: Vec::new(),
+                ranking: leaderboard.iter().map(|t| t.number).collect(),
+            })
+        }
         EventKind::Finished(f) => Kind::Finished(pb::Finished {
             state: state_to_proto(f.state) as i32,
             reason: f.reason.clone(),

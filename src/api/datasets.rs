@@ -1,32 +1,64 @@
 //! DatasetService.
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::timestamp;
+use super::stream_end::{check_clean_end, let_transport_see_resets, RequestEnd};
+use super::vocabulary_from;
+use crate::data::Vocabulary;
 use crate::data::{
     DataError, DatasetInput, DatasetRecord, Datasets, TokenizerKind, Upload, UploadHeader,
 };
 use crate::jobs::JobManager;
 use crate::proto as pb;
 use crate::proto::dataset_service_server::DatasetService;
+use crate::store::ModelRegistry;
 
 pub struct DatasetApi {
     datasets: Arc<Datasets>,
     jobs: JobManager,
     uploads: Arc<Semaphore>,
     max_uploads: usize,
+    /// The server's registry (its catalog knows every version), for
+    /// `vocabulary_from`.
+    models: Arc<ModelRegistry>,
+    /// True once the server is shutting down: open uploads end unsaved.
+    stopping: watch::Receiver<bool>,
 }
 
 impl DatasetApi {
-    pub fn new(datasets: Arc<Datasets>, jobs: JobManager, max_uploads_in_flight: usize) -> Self {
+    pub fn new(
+        datasets: Arc<Datasets>,
+        jobs: JobManager,
+        models: Arc<ModelRegistry>,
+        max_uploads_in_flight: usize,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             datasets,
             jobs,
             uploads: Arc::new(Semaphore::new(max_uploads_in_flight)),
             max_uploads: max_uploads_in_flight,
+            models,
+            stopping,
         }
+    }
+
+    /// The vocabulary `vocabulary_from` names, if set.
+    async fn reused_vocabulary(
+        &self,
+        field: &'static str,
+        from: Option<pb::VocabularyFrom>,
+    ) -> Result<Option<Vocabulary>, Status> {
+        let Some(from) = from else {
+            return Ok(None);
+        };
+        let (datasets, models) = (Arc::clone(&self.datasets), Arc::clone(&self.models));
+        blocking(move || vocabulary_from::resolve(&datasets, &models, field, &from))
+            .await?
+            .map(Some)
     }
 }
 
@@ -57,7 +89,27 @@ fn run_upload(
     Ok(None)
 }
 
-fn header_from_proto(h: pb::UploadDatasetHeader) -> Result<UploadHeader, Status> {
+fn header_from_proto(
+    h: pb::UploadDatasetHeader,
+    vocabulary: Option<Vocabulary>,
+) -> Result<UploadHeader, Status> {
+    if let Some(v) = &vocabulary {
+        let requested = pb::Tokenizer::try_from(h.tokenizer).unwrap_or(pb::Tokenizer::Unspecified);
+        let tokenizer = vocabulary_from::tokenizer_for(
+            v,
+            requested,
+            "header.tokenizer",
+            h.max_vocab_size,
+            "header.max_vocab_size",
+        )?;
+        return Ok(UploadHeader {
+            name: h.name,
+            tokenizer,
+            vocab_size: h.vocab_size as usize,
+            max_vocab_size: 0,
+            vocabulary,
+        });
+    }
     let tokenizer = match pb::Tokenizer::try_from(h.tokenizer) {
         Ok(pb::Tokenizer::Unspecified) | Ok(pb::Tokenizer::Char) => TokenizerKind::Char,
         Ok(pb::Tokenizer::Byte) => TokenizerKind::Byte,
@@ -74,6 +126,7 @@ fn header_from_proto(h: pb::UploadDatasetHeader) -> Result<UploadHeader, Status>
         tokenizer,
         vocab_size: h.vocab_size as usize,
         max_vocab_size: h.max_vocab_size as usize,
+        vocabulary: None,
     })
 }
 
@@ -96,6 +149,7 @@ pub fn dataset_to_proto(d: &DatasetRecord) -> pb::Dataset {
         source_bytes: d.source_bytes,
         created_at: Some(timestamp(d.created_at_ms)),
         preview: d.preview.clone(),
+        unknown_tokens: d.unknown_tokens,
     }
 }
 
@@ -112,13 +166,44 @@ impl DatasetService for DatasetApi {
         request: Request<pb::CreateDatasetRequest>,
     ) -> Result<Response<pb::Dataset>, Status> {
         let r = request.into_inner();
-        let tokenizer = pb::Tokenizer::try_from(r.tokenizer).unwrap_or(pb::Tokenizer::Unspecified);
+        let tokenizer = pb::Tokenizer::try_from(r.tokenizer).map_err(|_| {
+            Status::invalid_argument(format!(
+                "tokenizer must be TOKENIZER_CHAR, TOKENIZER_BYTE or TOKENIZER_IDS, got {}",
+                r.tokenizer
+            ))
+        })?;
+        let reused = self
+            .reused_vocabulary("vocabulary_from", r.vocabulary_from.clone())
+            .await?;
+        if reused.is_some() && !matches!(r.data, Some(pb::create_dataset_request::Data::Text(_))) {
+            return Err(Status::invalid_argument(
+                "vocabulary_from applies to text datasets only (data.text)",
+            ));
+        }
+        let tokenizer = match &reused {
+            Some(v) => match vocabulary_from::tokenizer_for(
+                v,
+                tokenizer,
+                "tokenizer",
+                r.max_vocab_size,
+                "max_vocab_size",
+            )? {
+                TokenizerKind::Byte => pb::Tokenizer::Byte,
+                _ => pb::Tokenizer::Char,
+            },
+            None => tokenizer,
+        };
         let input =
             match r.data {
                 Some(pb::create_dataset_request::Data::Ids(ids)) => {
                     if !matches!(tokenizer, pb::Tokenizer::Unspecified | pb::Tokenizer::Ids) {
                         return Err(Status::invalid_argument(
                             "tokenizer must be TOKENIZER_IDS or unset for an ids dataset",
+                        ));
+                    }
+                    if r.max_vocab_size != 0 {
+                        return Err(Status::invalid_argument(
+                            "max_vocab_size applies to TOKENIZER_CHAR only; leave it 0 for an ids dataset",
                         ));
                     }
                     DatasetInput::Ids {
@@ -130,12 +215,18 @@ impl DatasetService for DatasetApi {
                     text,
                     tokenizer: match tokenizer {
                         pb::Tokenizer::Unspecified | pb::Tokenizer::Char => TokenizerKind::Char,
+                        pb::Tokenizer::Byte if r.max_vocab_size != 0 => {
+                            return Err(Status::invalid_argument(
+                                "max_vocab_size applies to TOKENIZER_CHAR only; leave it 0 for TOKENIZER_BYTE",
+                            ))
+                        }
                         pb::Tokenizer::Byte => TokenizerKind::Byte,
                         pb::Tokenizer::Ids => return Err(Status::invalid_argument(
                             "tokenizer must be TOKENIZER_CHAR or TOKENIZER_BYTE for a text dataset",
                         )),
                     },
                     max_vocab_size: r.max_vocab_size as usize,
+                    vocabulary: reused,
                 },
                 None => return Err(Status::invalid_argument("data must be set: ids or text")),
             };
@@ -156,11 +247,17 @@ impl DatasetService for DatasetApi {
                 self.max_uploads
             ))
         })?;
+        let stream_end = request.extensions().get::<RequestEnd>().cloned();
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
             Some(pb::UploadDatasetRequest {
                 part: Some(Part::Header(h)),
-            }) => header_from_proto(h)?,
+            }) => {
+                let reused = self
+                    .reused_vocabulary("header.vocabulary_from", h.vocabulary_from.clone())
+                    .await?;
+                header_from_proto(h, reused)?
+            }
             Some(_) => {
                 return Err(Status::invalid_argument(
                     "messages[0] must be the header; chunks follow it",
@@ -180,9 +277,18 @@ impl DatasetService for DatasetApi {
         let (tx, rx) = mpsc::channel(2);
         let worker = tokio::task::spawn_blocking(move || run_upload(upload, rx));
         let mut index = 0u64;
+        let mut stopping = self.stopping.clone();
         let refused = loop {
             index += 1;
-            let piece = match stream.message().await {
+            // An idle client would otherwise hold the shutdown for the
+            // whole grace period, and the upload would be lost anyway.
+            let message = tokio::select! {
+                m = stream.message() => m,
+                _ = stopping.wait_for(|s| *s) => break Some(Status::unavailable(format!(
+                    "the server is shutting down: the upload was not saved (at messages[{index}]); send it again"
+                ))),
+            };
+            let piece = match message {
                 Ok(Some(pb::UploadDatasetRequest {
                     part: Some(Part::Chunk(bytes)),
                 })) if !bytes.is_empty() => Piece::Chunk(bytes),
@@ -205,7 +311,14 @@ impl DatasetService for DatasetApi {
                         "messages[{index}] must set chunk"
                     )))
                 }
-                Ok(None) => Piece::End,
+                // Commit only when the client ended its stream normally.
+                Ok(None) => match check_clean_end(stream_end.as_ref()) {
+                    Ok(()) => {
+                        let_transport_see_resets().await;
+                        Piece::End
+                    }
+                    Err(status) => break Some(status),
+                },
                 Err(status) => break Some(status),
             };
             let end = matches!(piece, Piece::End);

@@ -109,12 +109,18 @@ impl JobApi {
             config_req.learning_rate = Some(0.001);
         }
         let spec = spec_req.resolve(Some(dataset.vocab_size), &self.spec_limits)?;
+        // A text model's outputs are its vocabulary's entries, one each (the
+        // rule ImportModel checks too, so an export always imports).
+        if dataset.vocabulary.is_some() && spec.vocab_size != dataset.vocab_size {
+            return Err(Status::invalid_argument(format!(
+                "spec.vocab_size must equal the vocabulary size {} of text dataset {}, got {}",
+                dataset.vocab_size, dataset.id, spec.vocab_size
+            )));
+        }
         let config = config_req.resolve(&self.train_limits, validation.is_some())?;
-        let model_name = if r.model_name.is_empty() {
-            dataset.name.clone()
-        } else {
-            r.model_name
-        };
+        config.check_with_spec(&spec)?;
+        // Required, as the proto says: a job never picks a name by itself.
+        let model_name = r.model_name;
         check_name("model_name", &model_name)?;
         for (field, d) in std::iter::once(("dataset_id", &dataset))
             .chain(validation.iter().map(|v| ("validation_dataset_id", v)))

@@ -5,12 +5,14 @@ use std::sync::Arc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::{config_to_proto, metrics_to_proto, spec_to_proto, timestamp};
-use crate::error::check_name;
+use super::convert::{config_to_proto, metrics_to_proto, spec_request, spec_to_proto, timestamp};
+use super::stream_end::{check_clean_end, let_transport_see_resets, RequestEnd};
+use crate::error::{check_name, shown};
+use crate::interop::{keras, keras_export, onnx, tensors::LstmdModel};
 use crate::nn::metadata::validate_import;
 use crate::nn::metadata::ModelInfo;
 use crate::nn::summary::summarize;
-use crate::nn::SpecLimits;
+use crate::nn::{InferenceContext, SpecLimits};
 use crate::predict::Predictor;
 use crate::proto as pb;
 use crate::proto::model_service_server::ModelService;
@@ -28,6 +30,61 @@ pub struct ModelApi {
 const WEIGHTS_FILE: &str = "model.safetensors";
 const METADATA_FILE: &str = "metadata.json";
 const EXPORT_CHUNK: usize = 1 << 20;
+const FORMATS: &str = "safetensors, keras or onnx";
+
+/// A registered model's files in the export format asked for.
+fn export_files(
+    format: &str,
+    name: &str,
+    weights: Vec<u8>,
+    metadata: Vec<u8>,
+) -> Result<Vec<(&'static str, Vec<u8>)>, Status> {
+    let model = || LstmdModel::from_files(&metadata, &weights);
+    Ok(match format {
+        "keras" => vec![(keras::ARCHIVE, keras_export::export(&model()?)?)],
+        "onnx" => {
+            let model = model()?;
+            let config = onnx::triton_config(name, model.info.spec.vocab_size);
+            vec![
+                (onnx::FILE, onnx::export(&model, name)?),
+                (onnx::TRITON_CONFIG, config.into_bytes()),
+            ]
+        }
+        _ => vec![(WEIGHTS_FILE, weights), (METADATA_FILE, metadata)],
+    })
+}
+
+/// A Keras upload (model.keras, or model.weights.h5 with a spec) as
+/// lstmd's own (metadata.json, model.safetensors).
+fn from_keras(
+    archive: Vec<u8>,
+    weights_h5: Vec<u8>,
+    spec: Option<pb::ModelSpec>,
+    limits: &SpecLimits,
+    max_bytes: usize,
+) -> Result<(Vec<u8>, Vec<u8>), Status> {
+    let model = match (archive.is_empty(), weights_h5.is_empty()) {
+        (false, true) => keras::import_archive(&archive, max_bytes as u64)?,
+        (true, false) => {
+            if spec.is_none() {
+                return Err(Status::invalid_argument(format!(
+                    "spec must be set to import {}",
+                    keras::WEIGHTS
+                )));
+            }
+            let spec = spec_request(spec)?.resolve(None, limits)?;
+            keras::import_weights(weights_h5, &spec)?
+        }
+        _ => {
+            return Err(Status::invalid_argument(format!(
+                "send {} or {}, not both",
+                keras::ARCHIVE,
+                keras::WEIGHTS
+            )))
+        }
+    };
+    Ok(model.to_files()?)
+}
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Status> + Send + 'static,
@@ -38,9 +95,10 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn not_found(name: &str, version: Option<u32>) -> Status {
+    let name = shown(name);
     Status::not_found(match version {
-        Some(v) => format!("name {name:?} version {v} names no model"),
-        None => format!("name {name:?} names no model"),
+        Some(v) => format!("name {name} version {v} names no model"),
+        None => format!("name {name} names no model"),
     })
 }
 
@@ -85,7 +143,24 @@ fn model_to_proto(meta: &ModelMetadata, weights_bytes: u64) -> Result<pb::Model,
             .unwrap_or_default(),
         vocab_size: info.spec.vocab_size as u32,
         weights_bytes,
+        context: Some(context_to_proto(info.context())),
+        ..Default::default()
     })
+}
+
+fn context_to_proto(c: InferenceContext) -> pb::InferenceContext {
+    match c {
+        InferenceContext::Window { window, positions } => pb::InferenceContext {
+            kind: "window".into(),
+            window: window as u32,
+            loss_positions: positions.name().into(),
+        },
+        InferenceContext::Stateful { window } => pb::InferenceContext {
+            kind: "stateful".into(),
+            window: window as u32,
+            loss_positions: String::new(),
+        },
+    }
 }
 
 type Chunks = Pin<Box<dyn Stream<Item = Result<pb::ExportModelChunk, Status>> + Send>>;
@@ -126,12 +201,7 @@ impl ModelService for ModelApi {
     ) -> Result<Response<pb::Model>, Status> {
         let r = request.into_inner();
         let version = (r.version != 0).then_some(r.version);
-        let not_found = || {
-            Status::not_found(match version {
-                Some(v) => format!("name {:?} version {v} names no model", r.name),
-                None => format!("name {:?} names no model", r.name),
-            })
-        };
+        let not_found = || not_found(&r.name, version);
         check_name("name", &r.name).map_err(|_| not_found())?;
         let registry = Arc::clone(&self.registry);
         let name = r.name.clone();
@@ -146,7 +216,27 @@ impl ModelService for ModelApi {
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))??;
-        found.map(Response::new).ok_or_else(not_found)
+        let mut model = found.ok_or_else(not_found)?;
+        super::model_serving::add_serving_view(&self.registry, &self.predictor, &mut model)?;
+        Ok(Response::new(model))
+    }
+
+    async fn set_model_label(
+        &self,
+        request: Request<pb::SetModelLabelRequest>,
+    ) -> Result<Response<pb::SetModelLabelResponse>, Status> {
+        super::model_serving::set_label(&self.registry, &self.predictor, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn set_model_batching(
+        &self,
+        request: Request<pb::SetModelBatchingRequest>,
+    ) -> Result<Response<pb::BatchingSettings>, Status> {
+        super::model_serving::set_batching(&self.registry, &self.predictor, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn delete_model(
@@ -175,10 +265,16 @@ impl ModelService for ModelApi {
     ) -> Result<Response<Self::ExportModelStream>, Status> {
         let r = request.into_inner();
         let version = (r.version != 0).then_some(r.version);
+        if !["", "safetensors", "keras", "onnx"].contains(&r.format.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "format must be {FORMATS}, got {:?}",
+                r.format
+            )));
+        }
         check_name("name", &r.name).map_err(|_| not_found(&r.name, version))?;
         let registry = Arc::clone(&self.registry);
         let name = r.name.clone();
-        let (meta, weights, metadata) = blocking(move || {
+        let (meta, files) = blocking(move || {
             let Some(meta) = registry.get(&name, version)? else {
                 return Err(not_found(&name, version));
             };
@@ -190,11 +286,12 @@ impl ModelService for ModelApi {
             let metadata = registry
                 .metadata_json(&meta.name, meta.version)?
                 .ok_or_else(missing)?;
-            Ok((meta, weights, metadata))
+            let files = export_files(&r.format, &meta.name, weights, metadata)?;
+            Ok((meta, files))
         })
         .await?;
         let mut chunks = Vec::new();
-        for (file, bytes) in [(WEIGHTS_FILE, weights), (METADATA_FILE, metadata)] {
+        for (file, bytes) in files {
             for (i, part) in bytes.chunks(EXPORT_CHUNK).enumerate() {
                 chunks.push(Ok(pb::ExportModelChunk {
                     file: file.to_string(),
@@ -215,41 +312,65 @@ impl ModelService for ModelApi {
         &self,
         request: Request<Streaming<pb::ImportModelChunk>>,
     ) -> Result<Response<pb::Model>, Status> {
+        let end = request.extensions().get::<RequestEnd>().cloned();
         let mut stream = request.into_inner();
         let mut name = None;
         let (mut weights, mut metadata) = (Vec::new(), Vec::new());
+        let (mut archive, mut weights_h5, mut spec) = (Vec::new(), Vec::new(), None);
         while let Some(chunk) = stream.message().await? {
             if name.is_none() {
                 check_name("name", &chunk.name)?;
                 name = Some(chunk.name.clone());
+                spec = chunk.spec.clone();
             }
             let target = match chunk.file.as_str() {
                 WEIGHTS_FILE => &mut weights,
                 METADATA_FILE => &mut metadata,
+                keras::ARCHIVE => &mut archive,
+                keras::WEIGHTS => &mut weights_h5,
                 other => {
                     return Err(Status::invalid_argument(format!(
-                        "file must be {WEIGHTS_FILE:?} or {METADATA_FILE:?}, got {other:?}"
-                    )))
+                    "file must be {WEIGHTS_FILE:?}, {METADATA_FILE:?}, {:?} or {:?}, got {other:?}",
+                    keras::ARCHIVE,
+                    keras::WEIGHTS
+                )))
                 }
             };
             target.extend_from_slice(&chunk.data);
-            if weights.len() + metadata.len() > self.max_import_bytes {
+            if weights.len() + metadata.len() + archive.len() + weights_h5.len()
+                > self.max_import_bytes
+            {
                 return Err(Status::resource_exhausted(format!(
                     "an imported model must be at most {} bytes",
                     self.max_import_bytes
                 )));
             }
         }
+        // Register only what a client ended normally: a reset stream is not
+        // a model, even when its chunks happen to parse.
+        check_clean_end(end.as_ref())?;
+        let_transport_see_resets().await;
         let name = name
             .ok_or_else(|| Status::invalid_argument("the stream must carry at least one chunk"))?;
-        if weights.is_empty() || metadata.is_empty() {
+        let from_keras_files = !archive.is_empty() || !weights_h5.is_empty();
+        if from_keras_files && !(weights.is_empty() && metadata.is_empty()) {
+            return Err(Status::invalid_argument(format!(
+                "send Keras files or {WEIGHTS_FILE} and {METADATA_FILE}, not both"
+            )));
+        }
+        if !from_keras_files && (weights.is_empty() || metadata.is_empty()) {
             return Err(Status::invalid_argument(format!(
                 "the stream must carry both {WEIGHTS_FILE} and {METADATA_FILE}"
             )));
         }
         let registry = Arc::clone(&self.registry);
         let limits = self.spec_limits.clone();
+        let max_bytes = self.max_import_bytes;
         let model = blocking(move || {
+            let (metadata, weights) = match from_keras_files {
+                true => from_keras(archive, weights_h5, spec, &limits, max_bytes)?,
+                false => (metadata, weights),
+            };
             let mut info = validate_import(&metadata, &weights, &limits)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
             info.created_at_ms = now_millis();

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 use crate::predict::{GenerateParams, Predictor, SequenceInput, TokenProbability};
 use crate::proto as pb;
 use crate::proto::prediction_service_server::PredictionService;
+use crate::store::Selector;
 
 pub struct PredictionApi {
     pub predictor: Arc<Predictor>,
@@ -29,10 +30,10 @@ impl PredictionService for PredictionApi {
             .enumerate()
             .map(|(i, s)| sequence_input(&format!("sequences[{i}]"), Some(s)))
             .collect::<Result<Vec<_>, _>>()?;
-        let version = (r.version != 0).then_some(r.version);
+        let (name, selector) = model_ref(&r.model, r.version)?;
         let out = self
             .predictor
-            .predict(&r.model, version, sequences, r.top_k)
+            .predict_by(name, &selector, sequences, r.top_k, r.whole_input)
             .await?;
         Ok(Response::new(pb::PredictResponse {
             predictions: out
@@ -61,9 +62,10 @@ impl PredictionService for PredictionApi {
             top_k: r.top_k as usize,
             seed: r.seed,
             stop_ids: r.stop_ids,
+            whole_input: r.whole_input,
         };
-        let version = (r.version != 0).then_some(r.version);
-        let rx = self.predictor.generate(&r.model, version, params).await?;
+        let (name, selector) = model_ref(&r.model, r.version)?;
+        let rx = self.predictor.generate(name, &selector, params).await?;
         let mut index = 0;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(
             move |t| {
@@ -82,8 +84,11 @@ impl PredictionService for PredictionApi {
         request: Request<pb::OpenSessionRequest>,
     ) -> Result<Response<pb::SessionInfo>, Status> {
         let r = request.into_inner();
-        let version = (r.version != 0).then_some(r.version);
-        let (id, model) = self.predictor.open_session(&r.model, version).await?;
+        let (name, selector) = model_ref(&r.model, r.version)?;
+        let (id, model) = self
+            .predictor
+            .open_session(name, &selector, r.whole_input)
+            .await?;
         Ok(Response::new(pb::SessionInfo {
             session_id: id,
             model: model.name.clone(),
@@ -117,6 +122,18 @@ impl PredictionService for PredictionApi {
         self.predictor
             .close_session(&request.into_inner().session_id)?;
         Ok(Response::new(pb::CloseSessionResponse {}))
+    }
+}
+
+/// A request's model and version: `NAME@LABEL` names a label's version
+/// (then `version` must be 0), a plain name the latest (0) or `version`.
+fn model_ref(model: &str, version: u32) -> Result<(&str, Selector), Status> {
+    match model.split_once('@') {
+        None => Ok((model, Selector::of(version, ""))),
+        Some(_) if version != 0 => Err(Status::invalid_argument(
+            "version must be 0 when model names a label (NAME@LABEL): the label names the version",
+        )),
+        Some((name, label)) => Ok((name, Selector::Label(label.to_string()))),
     }
 }
 

@@ -183,15 +183,16 @@ pub struct RpcService<S> {
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
-impl<S, ReqBody> tower_service::Service<http::Request<ReqBody>> for RpcService<S>
+impl<S> tower_service::Service<http::Request<tonic::body::Body>> for RpcService<S>
 where
-    S: tower_service::Service<http::Request<ReqBody>, Response = http::Response<tonic::body::Body>>
-        + Clone
+    S: tower_service::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        > + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ReqBody: Send + 'static,
 {
     type Response = http::Response<RpcBody>;
     type Error = S::Error;
@@ -201,8 +202,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let start = Instant::now();
+        // Handlers that commit at the end of a client stream ask how it ended.
+        let request = super::stream_end::watch(request);
         // Armed before tonic's own grpc-timeout timer, so it fires first.
         let timeout = parse_grpc_timeout(request.headers());
         let deadline = timeout.map(|t| tokio::time::Instant::from_std(start) + t);
@@ -239,6 +242,7 @@ where
                 if let Some(v) = id_header {
                     parts.headers.insert("x-request-id", v);
                 }
+                super::status::mend_status(&mut parts.headers);
                 let body = match status_code(&parts.headers) {
                     // Trailers-only: the status is in the headers.
                     Some(code) => {
@@ -313,8 +317,9 @@ impl Body for RpcBody {
             return Poll::Ready(None);
         };
         match ready!(Pin::new(inner).poll_frame(cx)) {
-            Some(Ok(frame)) => {
-                if let Some(trailers) = frame.trailers_ref() {
+            Some(Ok(mut frame)) => {
+                if let Some(trailers) = frame.trailers_mut() {
+                    super::status::mend_status(trailers);
                     let code = status_code(trailers).unwrap_or(Code::Unknown);
                     this.deadline = None;
                     this.finish(code);

@@ -1,4 +1,7 @@
-//! The one place where domain errors become gRPC statuses.
+//! The one place where domain errors become gRPC statuses, and where every
+//! answer's status is mended on its way out (message capped, tonic's own
+//! over-limit code made the conventional one).
+use http::HeaderMap;
 use tonic::{Code, Status};
 
 use crate::data::DataError;
@@ -62,5 +65,103 @@ impl From<PredictError> for Status {
             PredictError::Store(s) => s.into(),
             PredictError::Corrupt { .. } | PredictError::Candle(_) => internal(e),
         }
+    }
+}
+
+impl From<crate::interop::InteropError> for Status {
+    fn from(e: crate::interop::InteropError) -> Self {
+        if e.is_invalid_input() {
+            Status::invalid_argument(e.to_string())
+        } else {
+            internal(e)
+        }
+    }
+}
+
+/// The longest status message sent, in bytes: an echoed value never makes
+/// an answer large (gRPC clients cap response metadata, C-core at 8 KiB).
+pub const MAX_MESSAGE_BYTES: usize = 512;
+
+/// `message`, cut to `MAX_MESSAGE_BYTES` at a character boundary.
+pub fn cap_message(message: &str) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message.to_string();
+    }
+    let mut cut = MAX_MESSAGE_BYTES - 48;
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}... (message cut; {} bytes in all)",
+        &message[..cut],
+        message.len()
+    )
+}
+
+/// Mends the status in a response's headers or trailers: caps its message,
+/// and answers a request over `--max-message-bytes` with RESOURCE_EXHAUSTED
+/// (tonic says OUT_OF_RANGE; gRPC's convention for a size limit is the
+/// former).
+pub fn mend_status(headers: &mut HeaderMap) {
+    let Some(code) = headers
+        .get("grpc-status")
+        .map(|v| Code::from_bytes(v.as_bytes()))
+    else {
+        return;
+    };
+    let long = headers
+        .get("grpc-message")
+        .is_some_and(|v| v.len() > MAX_MESSAGE_BYTES);
+    if !long && code != Code::OutOfRange {
+        return;
+    }
+    let Some(status) = Status::from_header_map(headers) else {
+        return;
+    };
+    let (code, message) = match code {
+        Code::OutOfRange if status.message().contains("message length too large") => (
+            Code::ResourceExhausted,
+            format!("{} (the server's --max-message-bytes)", status.message()),
+        ),
+        _ => (code, status.message().to_string()),
+    };
+    headers.remove("grpc-message");
+    let _ = Status::new(code, cap_message(&message)).add_header(headers);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_capped_and_size_limits_are_resource_exhausted() {
+        let mut h = HeaderMap::new();
+        Status::invalid_argument(format!("name must be short, got {}", "é".repeat(5000)))
+            .add_header(&mut h)
+            .unwrap();
+        mend_status(&mut h);
+        let s = Status::from_header_map(&h).unwrap();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(
+            s.message().len() <= MAX_MESSAGE_BYTES,
+            "{}",
+            s.message().len()
+        );
+        assert!(s.message().starts_with("name must be short"));
+
+        let mut h = HeaderMap::new();
+        Status::out_of_range(
+            "Error, decoded message length too large: found 9 bytes, the limit is: 4 bytes",
+        )
+        .add_header(&mut h)
+        .unwrap();
+        mend_status(&mut h);
+        let s = Status::from_header_map(&h).unwrap();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(
+            s.message().contains("--max-message-bytes"),
+            "{}",
+            s.message()
+        );
     }
 }

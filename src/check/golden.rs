@@ -139,9 +139,12 @@ impl Fixture {
     pub fn check(&self, forward: Forward) -> anyhow::Result<Report> {
         let name = &self.case.name;
         let net = self.network()?;
-        let logits = match forward {
-            Forward::Composed => net.forward_composed(&self.ids, None)?,
-            Forward::Fused => net.forward_fused(&self.ids, None)?,
+        // Every-position fixtures hold logits [B, T, vocab] and targets [B, T].
+        let every = self.targets.rank() == 2;
+        let logits = match (forward, every) {
+            (Forward::Composed, false) => net.forward_composed(&self.ids, None)?,
+            (Forward::Fused, false) => net.forward_fused(&self.ids, None)?,
+            (f, true) => net.forward_every_on(&self.ids, None, f == Forward::Fused)?,
         };
         // Relative error with a floor on the magnitude, so values near zero
         // are judged against the logits' scale, not against 0: a tenth of
@@ -153,9 +156,15 @@ impl Fixture {
         let scale = values(expected)?.iter().fold(0f64, |m, v| m.max(v.abs()));
         let logits_err = worst_relative(&logits, expected, (0.1 * scale).max(1e-2))?;
 
+        let (flat, targets) = if every {
+            let v = self.spec.vocab_size;
+            (logits.reshape(((), v))?, self.targets.flatten_all()?)
+        } else {
+            (logits.clone(), self.targets.clone())
+        };
         let loss = match forward {
-            Forward::Composed => candle_nn::loss::cross_entropy(&logits, &self.targets)?,
-            Forward::Fused => crate::nn::fused::cross_entropy(&logits, &self.targets)?,
+            Forward::Composed => candle_nn::loss::cross_entropy(&flat, &targets)?,
+            Forward::Fused => crate::nn::fused::cross_entropy(&flat, &targets)?,
         };
         let expected_loss = values(self.expected("expected.loss")?)?[0];
         let got_loss = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;

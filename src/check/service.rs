@@ -172,6 +172,7 @@ pub async fn distributions(addr: &str, model: &str, version: u32) -> anyhow::Res
                 })
                 .collect(),
             top_k: Some(VOCAB),
+            ..Default::default()
         })
         .await
         .context("Predict")?

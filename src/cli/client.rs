@@ -21,7 +21,7 @@ pub struct ClientArgs {
     #[arg(
         long,
         global = true,
-        help_heading = "Client",
+        help_heading = super::app::CLIENT_HEADING,
         env = "LSTMD_SERVER",
         default_value = "127.0.0.1:50051"
     )]
@@ -31,7 +31,7 @@ pub struct ClientArgs {
     #[arg(
         long,
         global = true,
-        help_heading = "Client",
+        help_heading = super::app::CLIENT_HEADING,
         env = "LSTMD_CLIENT_TLS_CA"
     )]
     pub tls_ca: Option<PathBuf>,
@@ -39,7 +39,7 @@ pub struct ClientArgs {
     #[arg(
         long,
         global = true,
-        help_heading = "Client",
+        help_heading = super::app::CLIENT_HEADING,
         env = "LSTMD_CLIENT_TLS_CERT",
         requires = "tls_key"
     )]
@@ -48,7 +48,7 @@ pub struct ClientArgs {
     #[arg(
         long,
         global = true,
-        help_heading = "Client",
+        help_heading = super::app::CLIENT_HEADING,
         env = "LSTMD_CLIENT_TLS_KEY",
         requires = "tls_cert"
     )]
@@ -58,7 +58,7 @@ pub struct ClientArgs {
     #[arg(
         long,
         global = true,
-        help_heading = "Client",
+        help_heading = super::app::CLIENT_HEADING,
         env = "LSTMD_CLIENT_TLS_DOMAIN"
     )]
     pub tls_domain: Option<String>,
@@ -67,7 +67,7 @@ pub struct ClientArgs {
     #[arg(
         long,
         global = true,
-        help_heading = "Client",
+        help_heading = super::app::CLIENT_HEADING,
         env = "LSTMD_TOKEN",
         hide_env_values = true
     )]
@@ -76,14 +76,14 @@ pub struct ClientArgs {
     #[arg(
         long,
         global = true,
-        help_heading = "Client",
+        help_heading = super::app::CLIENT_HEADING,
         env = "LSTMD_TOKEN_FILE",
         conflicts_with = "token"
     )]
     pub token_file: Option<PathBuf>,
     /// `text` for people, `json` (the protobuf JSON mapping, one document
     /// per result, one per line for streams) for scripts.
-    #[arg(long, global = true, help_heading = "Client", value_enum, default_value_t = Format::Text)]
+    #[arg(long, global = true, help_heading = super::app::CLIENT_HEADING, value_enum, default_value_t = Format::Text)]
     pub output: Format,
 }
 
@@ -181,9 +181,15 @@ impl ClientArgs {
                 .map_err(|e| Failure::local(format!("TLS options: {e}")))?;
         }
         let channel = endpoint.connect().await.map_err(|e| {
+            let cause = source_chain(&e);
+            // A TLS-only port drops a plaintext HTTP/2 handshake.
+            let hint = if url.starts_with("http://") && !cause.contains("refused") {
+                " (if the server serves TLS, connect with --server https://HOST:PORT and --tls-ca CA.pem)"
+            } else {
+                ""
+            };
             Failure::unreachable(format!(
-                "cannot reach the server at {url}: {}",
-                source_chain(&e)
+                "cannot reach the server at {url}: {cause}{hint}"
             ))
         })?;
         let auth = match self.token()? {

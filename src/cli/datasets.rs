@@ -31,10 +31,13 @@ pub enum TokenizerArg {
 pub enum DatasetsAction {
     /// Stream a file to the server, with a byte progress bar.
     Upload {
+        /// The file to send: UTF-8 text (char), any bytes (byte) or
+        /// little-endian u32 ids (ids).
         file: PathBuf,
         /// The dataset's name (default: the file name without extension).
         #[arg(long)]
         name: Option<String>,
+        /// How the file becomes tokens.
         #[arg(long, value_enum, default_value_t = TokenizerArg::Char)]
         tokenizer: TokenizerArg,
         /// For --tokenizer ids: every id is below this.
@@ -43,13 +46,48 @@ pub enum DatasetsAction {
         /// For --tokenizer char: keep the most frequent characters only.
         #[arg(long)]
         max_vocab_size: Option<u32>,
+        /// Tokenize with this dataset's vocabulary (id or name) instead of
+        /// building one: e.g. a held-out text to pass as
+        /// `train --validation-dataset`. Unseen characters become `<unk>`.
+        #[arg(long, value_name = "DATASET", conflicts_with_all = ["max_vocab_size", "vocabulary_from_model"])]
+        vocabulary_from: Option<String>,
+        /// Tokenize with this model's vocabulary (its latest version, or
+        /// NAME@VERSION).
+        #[arg(long, value_name = "MODEL", conflicts_with = "max_vocab_size")]
+        vocabulary_from_model: Option<String>,
     },
     /// All datasets.
     List,
     /// One dataset, by id or name.
-    Show { dataset: String },
+    Show {
+        /// The dataset's id (`ds-...`) or name.
+        dataset: String,
+    },
     /// Delete a dataset, by id or name (refused while a job uses it).
-    Rm { dataset: String },
+    Rm {
+        /// The dataset's id (`ds-...`) or name.
+        dataset: String,
+    },
+}
+
+/// `NAME` or `NAME@VERSION`.
+fn model_vocabulary(model: &str) -> Result<pb::VocabularyFrom, Failure> {
+    let (name, version) = match model.split_once('@') {
+        Some((name, v)) => (
+            name,
+            v.parse().map_err(|_| {
+                Failure::local(format!(
+                    "--vocabulary-from-model must be NAME or NAME@VERSION, got {model:?}"
+                ))
+            })?,
+        ),
+        None => (model, 0),
+    };
+    Ok(pb::VocabularyFrom {
+        model: name.to_string(),
+        model_version: version,
+        ..Default::default()
+    })
 }
 
 /// Bytes per upload message: well under the server's message limit.
@@ -65,7 +103,17 @@ pub async fn run(args: DatasetsArgs) -> Result<(), Failure> {
             tokenizer,
             vocab_size,
             max_vocab_size,
+            vocabulary_from,
+            vocabulary_from_model,
         } => {
+            let vocabulary_from = match (vocabulary_from, vocabulary_from_model) {
+                (Some(dataset), _) => Some(pb::VocabularyFrom {
+                    dataset_id: super::dataset_id(&mut client, &dataset).await?,
+                    ..Default::default()
+                }),
+                (None, Some(model)) => Some(model_vocabulary(&model)?),
+                (None, None) => None,
+            };
             let name = match name {
                 Some(n) => n,
                 None => file
@@ -76,12 +124,15 @@ pub async fn run(args: DatasetsArgs) -> Result<(), Failure> {
             let header = pb::UploadDatasetHeader {
                 name,
                 tokenizer: match tokenizer {
+                    // The default: a reused vocabulary brings its own kind.
+                    TokenizerArg::Char if vocabulary_from.is_some() => pb::Tokenizer::Unspecified,
                     TokenizerArg::Char => pb::Tokenizer::Char,
                     TokenizerArg::Byte => pb::Tokenizer::Byte,
                     TokenizerArg::Ids => pb::Tokenizer::Ids,
                 } as i32,
                 vocab_size: vocab_size.unwrap_or(0),
                 max_vocab_size: max_vocab_size.unwrap_or(0),
+                vocabulary_from,
             };
             let dataset = upload(&mut client, &file, header, format).await?;
             if format == Format::Json {
@@ -227,6 +278,12 @@ fn show(d: &pb::Dataset) {
     println!("Tokenizer: {}", output::tokenizer(d.tokenizer));
     println!("Tokens:    {}", d.token_count);
     println!("Vocab:     {}", d.vocab_size);
+    if d.unknown_tokens > 0 {
+        println!(
+            "Unknown:   {} characters not in the vocabulary, stored as <unk>",
+            d.unknown_tokens
+        );
+    }
     println!(
         "Size:      {} (source {})",
         output::bytes(d.size_bytes),

@@ -90,8 +90,11 @@ fn ask() -> OnInterrupt {
     if !std::io::stdin().is_terminal() {
         return OnInterrupt::Detach;
     }
+    // The job keeps training while the question waits: say so, and that
+    // the answer needs Enter.
     eprint!(
-        "\nCancel the job (c), detach and leave it running (d), or keep watching (w)? [c/d/w] "
+        "\nThe job keeps running while you choose. Cancel it (c), detach and leave it \
+         running (d), or keep watching (w)? Type a letter and press Enter [c/d/w]: "
     );
     let _ = std::io::stderr().flush();
     let mut line = String::new();
@@ -108,6 +111,9 @@ struct View {
     format: Format,
     bar: ProgressBar,
     leaderboard: Leaderboard,
+    /// The last epoch's `elapsed_seconds` (cumulative), to print each
+    /// epoch's own time.
+    last_elapsed: f64,
 }
 
 impl View {
@@ -123,6 +129,7 @@ impl View {
             format,
             bar,
             leaderboard: Leaderboard::default(),
+            last_elapsed: 0.0,
         }
     }
 
@@ -149,11 +156,7 @@ impl View {
         }
         match event.kind {
             Some(Kind::State(s)) => {
-                let mut line = format!("job {}: {}", event.job_id, output::job_state(s.state));
-                if !s.message.is_empty() {
-                    line.push_str(&format!(" ({})", s.message));
-                }
-                self.note(&line);
+                self.note(&state_line(&event.job_id, &s));
             }
             Some(Kind::Batch(b)) => {
                 // Bars only on a terminal and only for people.
@@ -174,11 +177,23 @@ impl View {
             }
             Some(Kind::Epoch(e)) => {
                 if let Some(m) = &e.metrics {
-                    let mut line = output::epoch_line(m, e.epochs);
+                    // The bar ends full, under the epoch's line, then starts
+                    // over for the next epoch.
+                    if let Some(len) = self.bar.length() {
+                        self.bar.set_position(len);
+                    }
+                    let mut line = output::epoch_line(m, e.epochs, self.last_elapsed);
+                    self.last_elapsed = m.elapsed_seconds;
                     if e.eta_seconds > 0.0 {
                         line.push_str(&format!(" - ETA {}", output::seconds(e.eta_seconds)));
                     }
                     self.note(&line);
+                    if m.epoch < e.epochs {
+                        self.bar.set_position(0);
+                        self.bar
+                            .set_prefix(format!("Epoch {}/{}", m.epoch + 1, e.epochs));
+                        self.bar.set_message("");
+                    }
                 }
             }
             Some(Kind::Trial(t)) => {
@@ -195,6 +210,19 @@ impl View {
         }
         Ok(None)
     }
+}
+
+/// `job ID: queued (0 jobs ahead)`: the message without the state it
+/// repeats.
+fn state_line(job_id: &str, s: &pb::StateChanged) -> String {
+    let state = output::job_state(s.state);
+    let mut line = format!("job {job_id}: {state}");
+    let message = s.message.strip_prefix(&state).unwrap_or(&s.message);
+    let message = message.trim_start_matches([';', ':', ' ']);
+    if !message.is_empty() {
+        line.push_str(&format!(" ({message})"));
+    }
+    line
 }
 
 fn finished_line(job_id: &str, f: &pb::Finished) -> String {

@@ -23,16 +23,23 @@ pub enum JobsAction {
         state: Option<pb::JobState>,
     },
     /// A job: spec, config, state, history (and trials for tuning jobs).
-    Show { id: String },
+    Show {
+        /// The job's id (`job-...`).
+        id: String,
+    },
     /// Follow a job's progress until it ends.
     Watch {
+        /// The job's id (`job-...`).
         id: String,
         /// What Ctrl-C does.
         #[arg(long, value_enum, default_value_t = OnInterrupt::Detach)]
         on_interrupt: OnInterrupt,
     },
     /// Cancel a queued or running job.
-    Cancel { id: String },
+    Cancel {
+        /// The job's id (`job-...`).
+        id: String,
+    },
 }
 
 fn parse_state(s: &str) -> Result<pb::JobState, String> {
@@ -117,9 +124,23 @@ pub async fn run(args: JobsArgs) -> Result<(), Failure> {
             if format == Format::Json {
                 return output::print_json(&job);
             }
-            println!("job {}: {}", job.id, output::job_state(job.state));
+            println!("{}", cancel_line(&job));
             Ok(())
         }
+    }
+}
+
+/// What CancelJob did: a running job only stops at its next batch, so its
+/// state still reads `running`; say that it is being cancelled.
+fn cancel_line(job: &pb::Job) -> String {
+    if job.state == pb::JobState::Running as i32 {
+        format!(
+            "job {}: cancelling (it stops at its next batch, keeping its last checkpoint; \
+             `lstmd jobs watch {}` follows it to the end)",
+            job.id, job.id
+        )
+    } else {
+        format!("job {}: {}", job.id, output::job_state(job.state))
     }
 }
 

@@ -5,6 +5,7 @@
 //! error (bad flags, a local file, or a request the server refused as
 //! invalid, unknown or not allowed); 3 a server error (unreachable,
 //! unavailable, overloaded, internal).
+pub mod app;
 pub mod client;
 pub mod datasets;
 pub mod follow;
@@ -13,6 +14,7 @@ pub mod models;
 pub mod output;
 pub mod plot;
 pub mod predict;
+pub mod serving;
 pub mod spec_args;
 pub mod train;
 pub mod tune;
@@ -73,13 +75,25 @@ impl From<tonic::Status> for Failure {
                 | Code::Unauthenticated
         );
         let code = format!("{:?}", status.code());
+        let mut message = format!("{}: {}", screaming_snake(&code), status.message());
+        // What a plaintext client sees from a TLS-only port: the HTTP/2
+        // handshake breaks, and tonic says no more than one of these.
+        let broken = (status.code() == Code::Unknown
+            && status.message().contains("transport error"))
+            || (status.code() == Code::Internal && status.message().contains("h2 protocol error"));
+        if broken {
+            message.push_str(
+                " (the connection broke during the call: if the server serves TLS, \
+                 connect with --server https://HOST:PORT and --tls-ca CA.pem)",
+            );
+        }
         Failure {
             exit_code: if client_side {
                 EXIT_CLIENT_ERROR
             } else {
                 EXIT_SERVER_ERROR
             },
-            message: format!("{}: {}", screaming_snake(&code), status.message()),
+            message,
         }
     }
 }
@@ -116,6 +130,10 @@ pub enum ClientCommand {
     Generate(predict::GenerateArgs),
     /// Draw a model's learning curves to a PNG or SVG file.
     Plot(plot::PlotArgs),
+    /// Point a version label (stable, canary, ...) at a version, or remove it.
+    Label(serving::LabelArgs),
+    /// Set a model's dynamic batching (max batch, max delay).
+    Batching(serving::BatchingArgs),
 }
 
 /// Runs a client subcommand; prints its error on stderr.
@@ -140,6 +158,8 @@ pub fn run(command: ClientCommand) -> ExitCode {
             ClientCommand::Predict(a) => predict::run_predict(a).await,
             ClientCommand::Generate(a) => predict::run_generate(a).await,
             ClientCommand::Plot(a) => plot::run(a).await,
+            ClientCommand::Label(a) => serving::run_label(a).await,
+            ClientCommand::Batching(a) => serving::run_batching(a).await,
         }
     });
     // Blocking prompt threads must not keep the process alive.

@@ -23,30 +23,47 @@ pub enum ModelsAction {
     List,
     /// The Keras-style summary and the training history.
     Show {
+        /// The model's name.
         name: String,
         /// A version (default: the latest).
         #[arg(long)]
         version: Option<u32>,
     },
-    /// Write model.safetensors and metadata.json (PyTorch loads them).
+    /// Write the model's files: model.safetensors and metadata.json
+    /// (PyTorch loads them), NAME.keras (Keras 3), or NAME/VERSION/model.onnx
+    /// with NAME/config.pbtxt (onnxruntime, Triton's model repository).
     Export {
+        /// The model's name.
         name: String,
+        /// A version (default: the latest).
         #[arg(long)]
         version: Option<u32>,
         /// The directory to write into (created if missing).
         #[arg(long, short = 'd', default_value = ".")]
         dir: PathBuf,
+        /// safetensors (PyTorch), keras (Keras 3) or onnx (onnxruntime, Triton).
+        #[arg(long, default_value = "safetensors", value_parser = ["safetensors", "keras", "onnx"])]
+        format: String,
     },
-    /// Register model.safetensors and metadata.json from a directory as a
-    /// new version of NAME.
+    /// Register a model as a new version of NAME: a directory holding
+    /// model.safetensors and metadata.json, a Keras 3 `.keras` archive, or
+    /// a Keras `.weights.h5` with the model's spec given by the flags.
     Import {
-        dir: PathBuf,
+        /// A directory holding model.safetensors and metadata.json, a Keras 3
+        /// `.keras` archive, or a Keras `.weights.h5` (with the spec flags).
+        path: PathBuf,
+        /// The model to add the version to (created if new).
         #[arg(long)]
         name: String,
+        /// For a .weights.h5: the Keras model's architecture.
+        #[command(flatten)]
+        spec: super::spec_args::SpecArgs,
     },
     /// Delete a model: one version, or all of them.
     Rm {
+        /// The model's name.
         name: String,
+        /// Only this version (default: every version).
         #[arg(long)]
         version: Option<u32>,
     },
@@ -100,8 +117,13 @@ pub async fn run(args: ModelsArgs) -> Result<(), Failure> {
             show(&model);
             Ok(())
         }
-        ModelsAction::Export { name, version, dir } => {
-            let (model, written) = export(&mut client, &name, version, &dir).await?;
+        ModelsAction::Export {
+            name,
+            version,
+            dir,
+            format: file_format,
+        } => {
+            let (model, written) = export(&mut client, &name, version, &dir, &file_format).await?;
             if format == Format::Json {
                 return output::print_json(&serde_json::json!({
                     "name": model.0,
@@ -115,8 +137,8 @@ pub async fn run(args: ModelsArgs) -> Result<(), Failure> {
             }
             Ok(())
         }
-        ModelsAction::Import { dir, name } => {
-            let model = import(&mut client, &dir, &name).await?;
+        ModelsAction::Import { path, name, spec } => {
+            let model = import(&mut client, &path, &name, &spec).await?;
             if format == Format::Json {
                 return output::print_json(&model);
             }
@@ -159,15 +181,22 @@ pub async fn get(
 
 fn show(m: &pb::Model) {
     println!("Model: {:?} v{}", m.name, m.version);
+    // A model trained on raw ids has no text vocabulary, only a size.
+    let vocabulary = if m.vocabulary_kind.is_empty() {
+        format!("token ids below {} (no text vocabulary)", m.vocab_size)
+    } else {
+        format!("vocabulary {} ({} tokens)", m.vocabulary_kind, m.vocab_size)
+    };
     println!(
-        "Trained on {} (job {}), vocabulary {} ({} tokens), weights {}, created {}",
+        "Trained on {} (job {}), {vocabulary}, weights {}, created {}",
         m.dataset_id,
         if m.job_id.is_empty() { "-" } else { &m.job_id },
-        m.vocabulary_kind,
-        m.vocab_size,
         output::bytes(m.weights_bytes),
         output::time(&m.created_at)
     );
+    if let Some(c) = &m.context {
+        println!("Answers from: {}", context_line(c));
+    }
     if let Some(s) = &m.summary {
         println!();
         print_summary(s);
@@ -175,6 +204,24 @@ fn show(m: &pb::Model) {
     if !m.history.is_empty() {
         println!();
         output::print_table(&output::history_table(&m.history));
+    }
+}
+
+/// What Predict, Generate and sessions read of an input (GetModel's
+/// `context`).
+fn context_line(c: &pb::InferenceContext) -> String {
+    match (c.kind.as_str(), c.loss_positions.as_str()) {
+        ("stateful", _) => {
+            "the whole input, then its carried state (stateful: one step per token)".into()
+        }
+        (_, "last") => format!(
+            "the last {} tokens (trained on the last position: give it {} tokens)",
+            c.window, c.window
+        ),
+        _ => format!(
+            "the last {} tokens (trained on every position: any 1..={} tokens)",
+            c.window, c.window
+        ),
     }
 }
 
@@ -218,6 +265,19 @@ fn print_summary(s: &pb::ModelSummary) {
     rule('_');
 }
 
+/// Where an exported file goes under DIR: lstmd's two files as they are,
+/// NAME.keras, and Triton's layout NAME/config.pbtxt + NAME/VERSION/model.onnx.
+fn local_path(dir: &Path, name: &str, version: u32, file: &str) -> Option<PathBuf> {
+    crate::error::check_name("name", name).ok()?;
+    match file {
+        "model.safetensors" | "metadata.json" => Some(dir.join(file)),
+        "model.keras" => Some(dir.join(format!("{name}.keras"))),
+        "model.onnx" => Some(dir.join(name).join(version.to_string()).join(file)),
+        "config.pbtxt" => Some(dir.join(name).join(file)),
+        _ => None,
+    }
+}
+
 /// Streams the export into DIR, each file through a temporary file renamed
 /// into place once complete.
 async fn export(
@@ -225,6 +285,7 @@ async fn export(
     name: &str,
     version: Option<u32>,
     dir: &Path,
+    format: &str,
 ) -> Result<((String, u32), Vec<String>), Failure> {
     let local = |e: std::io::Error| Failure::local(format!("{}: {e}", dir.display()));
     std::fs::create_dir_all(dir).map_err(local)?;
@@ -233,47 +294,65 @@ async fn export(
         .export_model(pb::ExportModelRequest {
             name: name.into(),
             version: version.unwrap_or(0),
+            format: format.into(),
         })
         .await?
         .into_inner();
     let mut model = (name.to_string(), 0);
-    let mut files: Vec<(String, tempfile::NamedTempFile)> = Vec::new();
+    let mut files: Vec<(String, PathBuf, tempfile::NamedTempFile)> = Vec::new();
     while let Some(chunk) = stream.message().await? {
-        if chunk.version > 0 {
+        if chunk.version > 0 && !chunk.name.is_empty() {
             model = (chunk.name.clone(), chunk.version);
         }
-        if !MODEL_FILES.contains(&chunk.file.as_str()) {
-            return Err(Failure::unreachable(format!(
-                "the server sent an unexpected file {:?}",
-                chunk.file
-            )));
-        }
         if files.last().map(|f| f.0 != chunk.file).unwrap_or(true) {
-            files.push((
-                chunk.file.clone(),
-                tempfile::NamedTempFile::new_in(dir).map_err(local)?,
-            ));
+            let path = local_path(dir, &model.0, model.1, &chunk.file).ok_or_else(|| {
+                Failure::unreachable(format!(
+                    "the server sent an unexpected file {:?}",
+                    chunk.file
+                ))
+            })?;
+            let parent = path.parent().unwrap_or(dir);
+            std::fs::create_dir_all(parent).map_err(local)?;
+            let tmp = output::temp_file_in(parent, "").map_err(local)?;
+            files.push((chunk.file.clone(), path, tmp));
         }
-        let file = &mut files.last_mut().expect("pushed above").1;
+        let file = &mut files.last_mut().expect("pushed above").2;
         std::io::Write::write_all(file, &chunk.data).map_err(local)?;
     }
     let mut written = Vec::new();
-    for (file, tmp) in files {
-        let path = dir.join(&file);
+    for (_, path, tmp) in files {
         tmp.persist(&path).map_err(|e| local(e.error))?;
         written.push(path.display().to_string());
     }
     Ok((model, written))
 }
 
+/// The files an import sends: (name the server knows, local path).
+fn import_files(path: &Path) -> Result<Vec<(&'static str, PathBuf)>, Failure> {
+    let file_name = path.file_name().and_then(|f| f.to_str()).unwrap_or("");
+    if path.is_dir() {
+        Ok(MODEL_FILES.iter().map(|f| (*f, path.join(f))).collect())
+    } else if file_name.ends_with(".keras") {
+        Ok(vec![("model.keras", path.to_path_buf())])
+    } else if file_name.ends_with(".h5") {
+        Ok(vec![("model.weights.h5", path.to_path_buf())])
+    } else {
+        Err(Failure::local(format!(
+            "{}: expected a directory holding {}, a .keras archive or a .weights.h5 file",
+            path.display(),
+            MODEL_FILES.join(" and ")
+        )))
+    }
+}
+
 async fn import(
     client: &mut super::client::Client,
-    dir: &Path,
+    source: &Path,
     name: &str,
+    spec: &super::spec_args::SpecArgs,
 ) -> Result<pb::Model, Failure> {
     let mut messages = Vec::new();
-    for file in MODEL_FILES {
-        let path = dir.join(file);
+    for (file, path) in import_files(source)? {
         let bytes =
             std::fs::read(&path).map_err(|e| Failure::local(format!("{}: {e}", path.display())))?;
         // 1 MiB chunks, as the server exports.
@@ -286,6 +365,7 @@ async fn import(
                 },
                 file: file.into(),
                 data: data.to_vec(),
+                spec: (file == "model.weights.h5" && messages.is_empty()).then(|| spec.to_proto()),
             });
         }
     }

@@ -14,6 +14,46 @@ pub enum Format {
     Json,
 }
 
+/// Makes a closed stdout (`lstmd jobs show ID | head -2`) end the process
+/// quietly with status 0, as a reader that stopped early expects, instead
+/// of `println!`'s panic. A panic hook catches every print in the CLI, with
+/// no wrapper to forget at each one.
+pub fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        // `payload_as_str` needs Rust 1.91; the crate's floor is 1.90.
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info)
+    }));
+}
+
+/// A temporary file in `dir` to write a result into and rename into place
+/// once whole; created with mode 0666 less the umask, as any file a
+/// command writes (tempfile's default 0600 would hide plots and exports
+/// from the rest of the group).
+pub fn temp_file_in(
+    dir: &std::path::Path,
+    suffix: &str,
+) -> std::io::Result<tempfile::NamedTempFile> {
+    let mut builder = tempfile::Builder::new();
+    builder.suffix(suffix);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // The kernel applies the umask to the mode given to open(2).
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    builder.tempfile_in(dir)
+}
+
 /// Prints one JSON document on one line (a stream prints one per event).
 pub fn print_json<T: serde::Serialize>(value: &T) -> Result<(), Failure> {
     let line = serde_json::to_string(value)
@@ -78,7 +118,15 @@ pub fn seconds(s: f64) -> String {
     if s < 60.0 {
         return format!("{s:.1}s");
     }
-    indicatif::HumanDuration(std::time::Duration::from_secs_f64(s)).to_string()
+    // Whole seconds past a minute, as Keras prints `125s`, with the
+    // minutes and hours spelled out: `2m05s`, `1h02m07s`.
+    let whole = s.round() as u64;
+    let (h, m, sec) = (whole / 3600, whole / 60 % 60, whole % 60);
+    if h > 0 {
+        format!("{h}h{m:02}m{sec:02}s")
+    } else {
+        format!("{m}m{sec:02}s")
+    }
 }
 
 /// `JOB_STATE_SUCCEEDED` -> `succeeded`.
@@ -113,11 +161,13 @@ pub fn metric(name: &str, value: Option<f64>) -> Option<String> {
     value.map(|v| format!("{name} {v:.4}"))
 }
 
-/// The metrics of one epoch, Keras' `verbose=1` style.
-pub fn epoch_line(m: &pb::EpochMetrics, epochs: u32) -> String {
+/// The metrics of one epoch, Keras' `verbose=1` style, with the epoch's
+/// own time: `elapsed_seconds` counts from the job's start, so the
+/// previous epoch's is subtracted (0 before the first).
+pub fn epoch_line(m: &pb::EpochMetrics, epochs: u32, previous_elapsed: f64) -> String {
     let mut parts = vec![
         format!("Epoch {}/{}", m.epoch, epochs),
-        seconds(m.elapsed_seconds),
+        seconds(m.elapsed_seconds - previous_elapsed),
     ];
     parts.extend(
         [
@@ -150,7 +200,10 @@ pub fn history_table(history: &[pb::EpochMetrics]) -> Table {
         &[0, 1, 2, 3, 4, 5, 6, 7],
     );
     let opt = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+    let mut previous_elapsed = 0.0;
     for m in history {
+        let epoch_seconds = m.elapsed_seconds - previous_elapsed;
+        previous_elapsed = m.elapsed_seconds;
         t.add_row(vec![
             m.epoch.to_string(),
             format!("{:.4}", m.loss),
@@ -159,7 +212,7 @@ pub fn history_table(history: &[pb::EpochMetrics]) -> Table {
             opt(m.val_accuracy),
             format!("{:.3e}", m.learning_rate),
             format!("{:.0}", m.samples_per_second),
-            seconds(m.elapsed_seconds),
+            seconds(epoch_seconds),
         ]);
     }
     t
@@ -180,5 +233,7 @@ mod tests {
         };
         assert_eq!(time(&Some(ts)), "2023-11-14 22:13:20");
         assert_eq!(seconds(3.26), "3.3s");
+        assert_eq!(seconds(125.4), "2m05s");
+        assert_eq!(seconds(3727.0), "1h02m07s");
     }
 }

@@ -166,9 +166,7 @@ pub fn write(curves: &Curves, path: &Path, size: (u32, u32)) -> Result<(), Failu
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .suffix(&format!(".{}", extension.clone().unwrap_or_default()))
-        .tempfile_in(dir)
+    let tmp = output::temp_file_in(dir, &format!(".{}", extension.clone().unwrap_or_default()))
         .map_err(|e| Failure::local(format!("{}: {e}", dir.display())))?;
     match extension.as_deref() {
         Some("png") => {
@@ -224,6 +222,8 @@ where
             ),
         ],
         curves.best_epoch,
+        // Loss falls: the upper right corner is empty by the last epochs.
+        SeriesLabelPosition::UpperRight,
     )?;
     panel(
         &right,
@@ -239,6 +239,8 @@ where
             ),
         ],
         curves.best_epoch,
+        // Accuracy rises: the lower right corner is the empty one.
+        SeriesLabelPosition::LowerRight,
     )?;
     root.present()?;
     Ok(())
@@ -253,6 +255,7 @@ fn panel<DB: DrawingBackend>(
     metric: &str,
     [train, validation]: [Series; 2],
     best_epoch: Option<u32>,
+    legend: SeriesLabelPosition,
 ) -> Result<(), Box<dyn std::error::Error>>
 where
     DB::ErrorType: 'static,
@@ -318,7 +321,7 @@ where
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(legend)
         .label_font((FONT, 13))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)

@@ -116,6 +116,7 @@ pub async fn run_predict(args: PredictArgs) -> Result<(), Failure> {
             version: model.version,
             sequences,
             top_k: Some(args.top_k),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -156,6 +157,7 @@ pub async fn run_generate(args: GenerateArgs) -> Result<(), Failure> {
             top_k: args.top_k,
             seed: args.seed,
             stop_ids: args.stop_ids.clone(),
+            ..Default::default()
         })
         .await?
         .into_inner();

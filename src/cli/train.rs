@@ -2,7 +2,7 @@
 use super::client::ClientArgs;
 use super::follow::{follow_to_end, OnInterrupt};
 use super::output::{self, Format};
-use super::spec_args::{ConfigArgs, JobTarget, SpecArgs};
+use super::spec_args::{with_flag_names, ConfigArgs, JobTarget, SpecArgs};
 use super::Failure;
 use crate::proto as pb;
 
@@ -35,7 +35,12 @@ pub async fn run(args: TrainArgs) -> Result<(), Failure> {
         spec: Some(args.spec.to_proto()),
         config: Some(args.config.to_proto()),
     };
-    let job = client.jobs.create_training_job(request).await?.into_inner();
+    let job = client
+        .jobs
+        .create_training_job(request)
+        .await
+        .map_err(|e| with_flag_names(e.into()))?
+        .into_inner();
     submitted(&job, args.client.output, args.detach)?;
     if args.detach {
         return Ok(());

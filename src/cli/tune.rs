@@ -3,7 +3,7 @@
 use super::client::ClientArgs;
 use super::follow::{follow_to_end, OnInterrupt};
 use super::output::{self, Format};
-use super::spec_args::{parse_cell, ConfigArgs, JobTarget, SpecArgs};
+use super::spec_args::{parse_cell, with_flag_names, ConfigArgs, JobTarget, SpecArgs};
 use super::Failure;
 use crate::proto as pb;
 
@@ -22,6 +22,8 @@ pub struct TuneArgs {
     /// grid, random or hyperband.
     #[arg(long, help_heading = "Search")]
     pub strategy: Option<String>,
+    /// Trials to run at most (random and hyperband; a grid runs every
+    /// combination).
     #[arg(long, help_heading = "Search")]
     pub max_trials: Option<u32>,
     /// Trials training at once.
@@ -54,9 +56,10 @@ pub struct TuneArgs {
 /// (`0.0..0.5`).
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct SpaceArgs {
+    /// Units of every recurrent layer, e.g. `32,64,128` or `16..256`.
     #[arg(long, value_parser = parse_space, help_heading = "Search space")]
     pub search_units: Option<pb::ParamSpace>,
-    /// Recurrent layers in the stack.
+    /// Recurrent layers in the stack, e.g. `1,2`.
     #[arg(long, value_parser = parse_space, help_heading = "Search space")]
     pub search_layers: Option<pb::ParamSpace>,
     /// Cells to try, e.g. `lstm,gru`.
@@ -65,13 +68,17 @@ pub struct SpaceArgs {
     /// e.g. `false,true`.
     #[arg(long, value_delimiter = ',', help_heading = "Search space")]
     pub search_bidirectional: Vec<bool>,
+    /// Dropout after every recurrent layer, e.g. `0.2,0.5` or `0.0..0.5`.
     #[arg(long, value_parser = parse_space, help_heading = "Search space")]
     pub search_dropout: Option<pb::ParamSpace>,
-    /// A range is sampled log-uniformly by the server.
+    /// Learning rates, e.g. `0.001,0.01` or `1e-4..1e-2` (a range is
+    /// sampled log-uniformly by the server).
     #[arg(long, value_parser = parse_space, help_heading = "Search space")]
     pub search_learning_rate: Option<pb::ParamSpace>,
+    /// Windows per step, e.g. `32,64`.
     #[arg(long, value_parser = parse_space, help_heading = "Search space")]
     pub search_batch_size: Option<pb::ParamSpace>,
+    /// Embedding widths, e.g. `8,16,32`.
     #[arg(long, value_parser = parse_space, help_heading = "Search space")]
     pub search_embedding_dim: Option<pb::ParamSpace>,
 }
@@ -131,7 +138,12 @@ pub async fn run(args: TuneArgs) -> Result<(), Failure> {
         reduction_factor: args.reduction_factor.unwrap_or(0),
         keep_trial_models: args.keep_trial_models,
     };
-    let job = client.jobs.create_tuning_job(request).await?.into_inner();
+    let job = client
+        .jobs
+        .create_tuning_job(request)
+        .await
+        .map_err(|e| with_flag_names(e.into()))?
+        .into_inner();
     super::train::submitted(&job, args.client.output, args.detach)?;
     if args.detach {
         return Ok(());
@@ -139,10 +151,12 @@ pub async fn run(args: TuneArgs) -> Result<(), Failure> {
     follow_to_end(&mut client, &job.id, args.client.output, args.on_interrupt).await
 }
 
-/// The trials so far, best first, as the server ranks them.
+/// The trials so far, best first, as the server ranks them: each event
+/// carries its trial and the ranking by number.
 #[derive(Default)]
 pub struct Leaderboard {
-    trials: Vec<pb::Trial>,
+    trials: std::collections::BTreeMap<u32, pb::Trial>,
+    ranking: Vec<u32>,
     /// Lines of the table on screen, to redraw it in place.
     drawn_lines: usize,
 }
@@ -157,7 +171,10 @@ impl Leaderboard {
         if let Some(line) = event_line(&event) {
             println!("{line}");
         }
-        self.trials = event.leaderboard;
+        if let Some(trial) = event.trial {
+            self.trials.insert(trial.number, trial);
+        }
+        self.ranking = event.ranking;
         if live {
             self.draw();
         }
@@ -165,7 +182,7 @@ impl Leaderboard {
 
     /// The final table, unless it is already on screen.
     pub fn finish(&mut self, live: bool) {
-        if !live && !self.trials.is_empty() {
+        if !live && !self.ranking.is_empty() {
             self.draw();
         }
         self.drawn_lines = 0;
@@ -178,8 +195,19 @@ impl Leaderboard {
         }
     }
 
+    /// The ranked trials, best first.
+    fn ranked(&self) -> Vec<pb::Trial> {
+        self.ranking
+            .iter()
+            .filter_map(|n| self.trials.get(n).cloned())
+            .collect()
+    }
+
     fn draw(&mut self) {
-        self.drawn_lines = output::print_table(&trials_table(&self.trials));
+        let ranked = self.ranked();
+        if !ranked.is_empty() {
+            self.drawn_lines = output::print_table(&trials_table(&ranked));
+        }
     }
 }
 

@@ -35,6 +35,9 @@ pub struct DatasetRecord {
     pub created_at_ms: u64,
     pub vocabulary: Option<Vocabulary>,
     pub preview: String,
+    /// Char datasets: characters the vocabulary lacks, stored as `<unk>`.
+    #[serde(default)]
+    pub unknown_tokens: u64,
 }
 
 pub enum DatasetInput {
@@ -46,6 +49,9 @@ pub enum DatasetInput {
         text: String,
         tokenizer: TokenizerKind,
         max_vocab_size: usize,
+        /// Another dataset's or model's vocabulary to tokenize with, instead
+        /// of one built from the text (its kind decides the tokenizer).
+        vocabulary: Option<Vocabulary>,
     },
 }
 
@@ -72,6 +78,8 @@ pub(crate) struct Prepared {
     pub token_count: u64,
     pub preview_ids: Vec<u32>,
     pub source_bytes: u64,
+    /// Characters stored as `<unk>` (char vocabularies).
+    pub unknown_tokens: u64,
     /// The field to name when there are too few tokens.
     pub field: &'static str,
 }
@@ -81,6 +89,15 @@ pub struct Datasets {
     limits: DataLimits,
     /// Serialises "is the name free?" with the record write, in this process.
     names: Mutex<()>,
+}
+
+/// Tokens stored as `<unk>`: id 0 of a char vocabulary (a byte
+/// vocabulary's 0 is the NUL byte, and raw ids have no text).
+pub(crate) fn unknown_count(vocabulary: Option<&Vocabulary>, ids: &[u32]) -> u64 {
+    match vocabulary {
+        Some(Vocabulary::Char { .. }) => ids.iter().filter(|&&id| id == 0).count() as u64,
+        _ => 0,
+    }
 }
 
 pub(crate) fn tokens_key(id: &str) -> String {
@@ -181,19 +198,26 @@ impl Datasets {
                 text,
                 tokenizer,
                 max_vocab_size,
+                vocabulary,
             } => {
-                let vocab = match tokenizer {
-                    TokenizerKind::Byte => Vocabulary::Byte,
-                    _ => {
+                let vocab = match (vocabulary, tokenizer) {
+                    (Some(given), _) => given,
+                    (None, TokenizerKind::Byte) => Vocabulary::Byte,
+                    (None, _) => {
                         self.check_max_vocab_size("max_vocab_size", max_vocab_size)?;
                         Vocabulary::char_from_corpus(&text, max_vocab_size)
                     }
                 };
                 self.check_vocabulary(&vocab, "max_vocab_size")?;
                 let size = vocab.size();
+                let tokenizer = match vocab {
+                    Vocabulary::Byte => TokenizerKind::Byte,
+                    Vocabulary::Char { .. } => TokenizerKind::Char,
+                };
                 (tokenizer, vocab.encode(&text), Some(vocab), size, "text")
             }
         };
+        let unknown_tokens = unknown_count(vocabulary.as_ref(), &tokens);
         let bytes: Vec<u8> = tokens.iter().flat_map(|t| t.to_le_bytes()).collect();
         self.commit(
             name,
@@ -205,6 +229,7 @@ impl Datasets {
                 token_count: tokens.len() as u64,
                 preview_ids: tokens[..tokens.len().min(PREVIEW_TOKENS)].to_vec(),
                 source_bytes,
+                unknown_tokens,
                 field,
             },
         )
@@ -246,6 +271,7 @@ impl Datasets {
             created_at_ms: now_millis(),
             vocabulary: p.vocabulary,
             preview,
+            unknown_tokens: p.unknown_tokens,
         };
         let _names = self.names.lock().unwrap_or_else(|e| e.into_inner());
         self.check_name_free(name)?;
@@ -257,6 +283,20 @@ impl Datasets {
         self.store
             .put_record(TABLE, &record.id, &to_json(&record))?;
         Ok(record)
+    }
+
+    /// Deletes token streams whose record is missing (a crash between the
+    /// blob and the record); run at startup, before any write.
+    pub fn remove_orphans(&self) -> Result<usize, DataError> {
+        Ok(crate::store::leftovers::remove_unrecorded(
+            &*self.store,
+            "datasets",
+            TABLE,
+            |parts| match parts {
+                [id, _file] => Some((id.to_string(), blobs_prefix(id))),
+                _ => None,
+            },
+        )?)
     }
 
     pub fn get(&self, id: &str) -> Result<DatasetRecord, DataError> {

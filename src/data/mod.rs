@@ -9,7 +9,7 @@ pub use datasets::{DataLimits, DatasetInput, DatasetRecord, Datasets, TokenizerK
 pub use tokens::TokenStream;
 pub use upload::{Upload, UploadHeader};
 pub use vocabulary::Vocabulary;
-pub use windows::Windows;
+pub use windows::{Streams, Windows};
 
 use crate::error::InvalidField;
 use crate::store::StoreError;

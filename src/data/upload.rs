@@ -38,6 +38,9 @@ pub struct UploadHeader {
     pub vocab_size: usize,
     /// Char tokenizer: at most this many ids, `<unk>` included; 0 = no limit.
     pub max_vocab_size: usize,
+    /// Char tokenizer: tokenize with this vocabulary (another dataset's or
+    /// a model's) instead of one built from the text.
+    pub vocabulary: Option<Vocabulary>,
 }
 
 fn io(e: std::io::Error) -> DataError {
@@ -130,6 +133,8 @@ impl Utf8Stream {
 struct TokenWriter {
     out: BufWriter<NamedTempFile>,
     count: u64,
+    /// Ids 0 written: `<unk>` for a char vocabulary.
+    zeros: u64,
     preview: Vec<u32>,
     ids: Vec<u32>,
     bytes: Vec<u8>,
@@ -140,6 +145,7 @@ impl TokenWriter {
         Self {
             out: BufWriter::with_capacity(1 << 20, file),
             count: 0,
+            zeros: 0,
             preview: Vec::new(),
             ids: Vec::new(),
             bytes: Vec::new(),
@@ -152,6 +158,7 @@ impl TokenWriter {
             self.preview.extend_from_slice(&ids[..n]);
         }
         self.count += ids.len() as u64;
+        self.zeros += ids.iter().filter(|&&id| id == 0).count() as u64;
         self.bytes.clear();
         self.bytes
             .extend(ids.iter().flat_map(|id| id.to_le_bytes()));
@@ -215,6 +222,8 @@ enum Body {
         utf8: Utf8Stream,
         counts: CharCounts,
         max_vocab_size: usize,
+        /// A vocabulary to reuse rather than build from `counts`.
+        given: Option<Vocabulary>,
         raw: BufWriter<NamedTempFile>,
     },
 }
@@ -277,10 +286,14 @@ impl Upload {
                 } else {
                     datasets
                         .check_max_vocab_size("header.max_vocab_size", header.max_vocab_size)?;
+                    if let Some(given) = &header.vocabulary {
+                        datasets.check_vocabulary(given, "header.vocabulary_from")?;
+                    }
                     Body::Char {
                         utf8: Utf8Stream::default(),
                         counts: CharCounts::default(),
                         max_vocab_size: header.max_vocab_size,
+                        given: header.vocabulary,
                         raw: BufWriter::with_capacity(1 << 20, datasets.store().staging_file()?),
                     }
                 }
@@ -368,7 +381,7 @@ impl Upload {
     pub fn finish(self) -> Result<super::DatasetRecord, DataError> {
         let datasets = self.datasets;
         let source_bytes = self.received;
-        let (tokenizer, vocabulary, vocab_size, tokens) = match self.body {
+        let (tokenizer, vocabulary, vocab_size, tokens, unknown_tokens) = match self.body {
             Body::Ids {
                 vocab_size,
                 carry_len,
@@ -384,20 +397,24 @@ impl Upload {
                     )
                     .into());
                 }
-                (TokenizerKind::Ids, None, vocab_size, tokens)
+                (TokenizerKind::Ids, None, vocab_size, tokens, 0)
             }
             Body::Byte { utf8, tokens } => {
                 utf8.finish().map_err(bad_utf8)?;
-                (TokenizerKind::Byte, Some(Vocabulary::Byte), 256, tokens)
+                (TokenizerKind::Byte, Some(Vocabulary::Byte), 256, tokens, 0)
             }
             Body::Char {
                 utf8,
                 counts,
                 max_vocab_size,
+                given,
                 raw,
             } => {
                 utf8.finish().map_err(bad_utf8)?;
-                let vocab = Vocabulary::char_from_counts(counts, max_vocab_size);
+                let vocab = match given {
+                    Some(v) => v,
+                    None => Vocabulary::char_from_counts(counts, max_vocab_size),
+                };
                 datasets.check_vocabulary(&vocab, "header.max_vocab_size")?;
                 let mut raw = raw.into_inner().map_err(|e| io(e.into_error()))?;
                 raw.as_file_mut().seek(SeekFrom::Start(0)).map_err(io)?;
@@ -418,7 +435,8 @@ impl Upload {
                 }
                 second.finish().map_err(bad_utf8)?;
                 let size = vocab.size();
-                (TokenizerKind::Char, Some(vocab), size, tokens)
+                let unknown = tokens.zeros;
+                (TokenizerKind::Char, Some(vocab), size, tokens, unknown)
             }
         };
         let (file, token_count, preview_ids) = tokens.finish()?;
@@ -432,6 +450,7 @@ impl Upload {
                 token_count,
                 preview_ids,
                 source_bytes,
+                unknown_tokens,
                 field: "chunks",
             },
         )

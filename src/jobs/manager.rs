@@ -23,6 +23,21 @@ use crate::store::{from_json, now_millis, to_json, ModelRegistry, RecordWrite, S
 const JOBS: &str = "jobs";
 const EVENTS: &str = "job_events";
 
+/// Sequence numbers reserved per durable write for events sent before they
+/// are durable: one fsync per this many batch-progress events at most.
+const SEQ_BLOCK: u64 = 256;
+
+/// How many trials of a search run at once, and why when that is fewer
+/// than the client asked for (the coordinator caps it the same way).
+fn parallelism(asked: usize, workers: usize) -> String {
+    let runs = asked.min(workers).max(1);
+    if runs < asked {
+        format!("{runs} at a time (parallel_trials {asked} is capped at the server's {workers} training workers, --workers)")
+    } else {
+        format!("{runs} at a time")
+    }
+}
+
 fn event_id(job: &str, seq: u64) -> String {
     format!("{job}/{seq:012}")
 }
@@ -268,8 +283,11 @@ impl Actor {
             .map_err(store_err)?;
         records.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
         let mut resumed = Vec::new();
-        for record in records {
+        for mut record in records {
             let id = record.id.clone();
+            // Numbers past the last durable event may have been sent before
+            // the crash: skip them all.
+            record.events = record.events.max(record.seq_reserved);
             let live = !record.state.is_terminal();
             let log = if live {
                 let events = self
@@ -305,6 +323,12 @@ impl Actor {
         for id in resumed.into_iter().rev() {
             self.queue.push_front(id);
         }
+        let records = self
+            .jobs
+            .iter()
+            .map(|(id, e)| (id.clone(), &e.record))
+            .collect();
+        super::checkpoints::remove_stale_checkpoints(&*self.store, &records).map_err(store_err)?;
         let searches: Vec<String> = self
             .order
             .iter()
@@ -465,6 +489,7 @@ impl Actor {
             error: None,
             history: Vec::new(),
             events: 0,
+            seq_reserved: 0,
             kind: if tuning.is_some() {
                 JobKind::Tuning
             } else {
@@ -490,7 +515,10 @@ impl Actor {
             &id,
             EventKind::State {
                 state: JobState::Queued,
-                message: format!("queued; {ahead} jobs ahead"),
+                message: format!(
+                    "queued; {ahead} {} ahead",
+                    if ahead == 1 { "job" } else { "jobs" }
+                ),
             },
         );
         if self.jobs[&id].record.events == 0 {
@@ -510,11 +538,20 @@ impl Actor {
                 t.trials = trials;
             }
             let n = entry.record.tuning.as_ref().map_or(0, |t| t.trials.len());
+            let asked = entry
+                .record
+                .tuning
+                .as_ref()
+                .map_or(1, |t| t.request.parallel_trials);
+            let message = format!(
+                "searching: {n} trials planned, {}",
+                parallelism(asked, self.workers)
+            );
             self.record_event(
                 &id,
                 EventKind::State {
                     state: JobState::Running,
-                    message: format!("searching: {n} trials planned"),
+                    message,
                 },
             );
             self.start_coordinator(&id);
@@ -666,7 +703,13 @@ impl Actor {
         if matches!(event.kind, EventKind::Batch(_) | EventKind::Epoch { .. }) {
             record.latest_progress = Some(event.clone());
         }
-        let durable = !matches!(event.kind, EventKind::Batch(_));
+        let mut durable = !matches!(event.kind, EventKind::Batch(_));
+        if !durable && event.seq > record.seq_reserved {
+            // Batch progress is sent before it is on disk: reserve a block
+            // of numbers, durably, so a restart never reuses one.
+            record.seq_reserved = event.seq + SEQ_BLOCK;
+            durable = true;
+        }
         let (record_json, event_json, eid) =
             (to_json(&record), to_json(&event), event_id(id, event.seq));
         let written = self.store.write_records(

@@ -1,11 +1,13 @@
 //! Jobs: queue, worker pool, durable records, progress fan-out, cancel,
 //! resume after a restart.
+mod checkpoints;
 pub mod log;
 pub mod manager;
 pub mod record;
 mod tuning;
 mod worker;
 
+pub use checkpoints::checkpoint_key;
 pub use log::WatchItem;
 pub use manager::{JobManager, JobsConfig};
 pub use record::{
@@ -13,7 +15,6 @@ pub use record::{
     TrialRecord, TuningRequest, TuningState,
 };
 pub use tuning::leaderboard;
-pub use worker::checkpoint_key;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {

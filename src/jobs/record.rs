@@ -148,8 +148,13 @@ pub struct JobRecord {
     pub model: Option<ModelRef>,
     pub error: Option<String>,
     pub history: Vec<EpochMetrics>,
-    /// Events so far (the next event gets `events + 1`).
+    /// The last sequence number used (the next event gets `events + 1`).
     pub events: u64,
+    /// Sequence numbers up to this one may have been shown to watchers
+    /// before they were durable (batch progress); a restart continues after
+    /// it, so a number a watcher saw never names another event.
+    #[serde(default)]
+    pub seq_reserved: u64,
     #[serde(default)]
     pub kind: JobKind,
     /// For tuning jobs: the search and its trials.

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc};
 use std::time::Duration;
 
+use super::checkpoints::checkpoint_folder;
 use super::log::WatchItem;
 use super::record::{
     EventKind, Finished, JobRecord, JobState, ModelRef, TrainingRequest, TrialRecord, TuningState,
@@ -364,7 +365,7 @@ impl Coordinator {
     fn cleanup(&self) {
         for t in &self.tuning.trials {
             for job in &t.job_ids {
-                let _ = self.store.delete_blobs(&format!("checkpoints/{job}"));
+                let _ = self.store.delete_blobs(&checkpoint_folder(job));
             }
             if !self.tuning.request.keep_trial_models {
                 let _ = self

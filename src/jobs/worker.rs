@@ -6,6 +6,7 @@ use std::sync::Arc;
 use candle_core::Device;
 use tokio::sync::mpsc;
 
+use super::checkpoints::{checkpoint_folder, checkpoint_key};
 use super::manager::Command;
 use super::record::{EventKind, Finished, JobState, ModelRef, TrainingRequest};
 use crate::data::Datasets;
@@ -38,10 +39,6 @@ pub(super) struct WorkerContext {
     pub device: Device,
     pub commands: mpsc::UnboundedSender<Command>,
     pub shutdown: Arc<AtomicBool>,
-}
-
-pub fn checkpoint_key(job_id: &str) -> String {
-    format!("checkpoints/{job_id}/checkpoint.safetensors")
 }
 
 fn device_name(device: &Device) -> String {
@@ -122,7 +119,7 @@ pub(super) fn run_job(context: &WorkerContext, item: WorkItem) {
             // The model is registered: the checkpoint has served its
             // purpose, unless a trial may continue from it.
             if !item.request.keep_checkpoint {
-                let _ = context.store.delete_blobs(&format!("checkpoints/{}", item.id));
+                let _ = context.store.delete_blobs(&checkpoint_folder(&item.id));
             }
             WorkOutcome::Finished(Finished {
                 state: JobState::Succeeded,

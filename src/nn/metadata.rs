@@ -2,6 +2,7 @@
 //! the vocabulary, how it was trained and its per-epoch history.
 use serde::{Deserialize, Serialize};
 
+use super::context::InferenceContext;
 use super::spec::ModelSpec;
 use crate::data::Vocabulary;
 
@@ -48,11 +49,23 @@ pub struct ModelInfo {
 }
 
 impl ModelInfo {
+    /// The fields, plus `context`: which context the model expects (derived
+    /// from the training config, so readers need not know the config).
     pub fn to_map(&self) -> serde_json::Map<String, serde_json::Value> {
-        match serde_json::to_value(self).expect("metadata serializes") {
+        let mut map = match serde_json::to_value(self).expect("metadata serializes") {
             serde_json::Value::Object(map) => map,
             _ => unreachable!("a struct serializes to an object"),
-        }
+        };
+        map.insert(
+            "context".into(),
+            serde_json::to_value(self.context()).expect("context serializes"),
+        );
+        map
+    }
+
+    /// Which context the model answers from.
+    pub fn context(&self) -> InferenceContext {
+        InferenceContext::of_training(self.spec.window, &self.training)
     }
 
     pub fn from_map(map: &serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
@@ -98,9 +111,10 @@ pub fn validate_import(
         serde_json::from_value(value).map_err(|e| ImportError::Metadata(e.to_string()))?;
     info.spec.validate(limits).map_err(ImportError::Spec)?;
     if let Some(v) = &info.vocabulary {
-        if v.size() > info.spec.vocab_size {
+        // Each output id is one vocabulary entry: sizes must agree exactly.
+        if v.size() != info.spec.vocab_size {
             return Err(ImportError::Metadata(format!(
-                "vocabulary has {} tokens but spec.vocab_size is {}",
+                "vocabulary has {} tokens but spec.vocab_size is {}: they must be equal",
                 v.size(),
                 info.spec.vocab_size
             )));

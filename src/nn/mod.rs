@@ -1,5 +1,6 @@
 //! candle models: spec -> network, recurrent layers, summary, weight naming.
 //! Knows nothing of gRPC.
+pub mod context;
 pub mod fused;
 pub mod naming;
 pub mod network;
@@ -7,6 +8,7 @@ pub mod recurrent;
 pub mod spec;
 pub mod summary;
 
+pub use context::{InferenceContext, LossPositions};
 pub use network::{initial_parameters, Dropout, Network};
 pub use recurrent::LayerState;
 pub use spec::{Cell, LayerSpec, ModelSpec, SpecLimits, SpecRequest};

@@ -205,7 +205,19 @@ impl Network {
     pub fn forward_composed(
         &self,
         ids: &Tensor,
+        dropout: Option<&mut Dropout>,
+    ) -> candle_core::Result<Tensor> {
+        self.composed(ids, dropout, false)
+    }
+
+    /// Embedding, layers and dense from candle ops: logits [B, vocab] after
+    /// the last token, or [B, T, vocab] after every token with `every`
+    /// (then every layer returns its whole sequence).
+    fn composed(
+        &self,
+        ids: &Tensor,
         mut dropout: Option<&mut Dropout>,
+        every: bool,
     ) -> candle_core::Result<Tensor> {
         let (batch, steps) = ids.dims2()?;
         let mut x = self
@@ -217,13 +229,115 @@ impl Network {
         }
         let last = self.layers.len() - 1;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, i < last)?;
+            x = layer.forward(&x, i < last || every)?;
             if let Some(d) = dropout.as_deref_mut() {
                 x = d.apply(&x, layer.spec.dropout)?;
             }
         }
-        x.matmul(&self.dense_weight.t()?)?
-            .broadcast_add(&self.dense_bias)
+        self.dense(&x)
+    }
+
+    /// The dense layer over [B, W] or [B, T, W].
+    fn dense(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let w = self.dense_weight.t()?;
+        match x.dims() {
+            &[b, t, width] => x
+                .reshape((b * t, width))?
+                .matmul(&w)?
+                .broadcast_add(&self.dense_bias)?
+                .reshape((b, t, self.spec.vocab_size)),
+            _ => x.matmul(&w)?.broadcast_add(&self.dense_bias),
+        }
+    }
+
+    /// `ids` u32 [B, T] -> logits [B, T, vocab]: position t predicts the
+    /// token after `ids[:, ..=t]` from that prefix alone (every-position
+    /// training). A unidirectional model gets every position from one pass;
+    /// a bidirectional layer's reverse direction would read the tokens it
+    /// predicts, so there each prefix runs on its own.
+    pub fn forward_every(
+        &self,
+        ids: &Tensor,
+        dropout: Option<&mut Dropout>,
+    ) -> candle_core::Result<Tensor> {
+        let fused = fused::supported(&self.embedding);
+        self.forward_every_on(ids, dropout, fused)
+    }
+
+    /// [`Self::forward_every`] through the fused kernels (`fused`) or candle
+    /// ops, whatever the tensors.
+    pub fn forward_every_on(
+        &self,
+        ids: &Tensor,
+        mut dropout: Option<&mut Dropout>,
+        fused: bool,
+    ) -> candle_core::Result<Tensor> {
+        if self.is_stateful() {
+            return if fused {
+                fused::network_forward_every(self, ids, dropout)
+            } else {
+                self.composed(ids, dropout, true)
+            };
+        }
+        let steps = ids.dim(1)?;
+        let mut outs = Vec::with_capacity(steps);
+        for t in 1..=steps {
+            let prefix = ids.narrow(1, 0, t)?;
+            outs.push(if fused {
+                self.forward_fused(&prefix, dropout.as_deref_mut())?
+            } else {
+                self.composed(&prefix, dropout.as_deref_mut(), false)?
+            });
+        }
+        Tensor::stack(&outs, 1)
+    }
+
+    /// Stateful training's forward (unidirectional models): logits [B, T,
+    /// vocab] (`every`) or [B, vocab], continuing from `states` (zeros when
+    /// None), and the states after the last token; fused where supported.
+    pub fn forward_carried(
+        &self,
+        ids: &Tensor,
+        states: Option<&[LayerState]>,
+        dropout: Option<&mut Dropout>,
+        every: bool,
+    ) -> candle_core::Result<(Tensor, Vec<LayerState>)> {
+        let fused = fused::supported(&self.embedding);
+        self.forward_carried_on(ids, states, dropout, every, fused)
+    }
+
+    /// [`Self::forward_carried`] through the fused kernels (`fused`) or
+    /// candle ops.
+    pub fn forward_carried_on(
+        &self,
+        ids: &Tensor,
+        states: Option<&[LayerState]>,
+        mut dropout: Option<&mut Dropout>,
+        every: bool,
+        fused: bool,
+    ) -> candle_core::Result<(Tensor, Vec<LayerState>)> {
+        if fused {
+            return fused::network_forward_carried(self, ids, states, dropout, every);
+        }
+        let (batch, steps) = ids.dims2()?;
+        let mut x = self
+            .embedding
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((batch, steps, self.spec.embedding_dim))?;
+        if let Some(d) = dropout.as_deref_mut() {
+            x = d.apply(&x, self.spec.embedding_dropout)?;
+        }
+        let last = self.layers.len() - 1;
+        let mut out_states = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (y, state) = layer.forward_from(&x, states.map(|s| &s[i]), i < last || every)?;
+            x = y;
+            if let Some(d) = dropout.as_deref_mut() {
+                x = d.apply(&x, layer.spec.dropout)?;
+            }
+            out_states.push(state);
+        }
+        Ok((self.dense(&x)?, out_states))
     }
 
     /// The forward pass through the fused kernels (f32, CPU): the whole

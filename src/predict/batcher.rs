@@ -1,14 +1,19 @@
 //! The dynamic batcher: concurrent requests for one model merge into one
 //! forward pass, up to `max_batch` sequences or `max_delay`, whichever comes
-//! first (Triton's and TF Serving's scheme). A bounded queue admits requests;
-//! a full one refuses instead of growing.
-use std::sync::atomic::{AtomicU64, Ordering};
+//! first (Triton's and TF Serving's scheme). It runs on a thread of its own
+//! that also runs the forward pass: a request costs one channel send and one
+//! wake-up, with no hop through tokio's blocking pool, whose threads (up to
+//! 512) and their memory grew with the load. A bounded queue admits
+//! requests; a full one refuses instead of growing.
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::infer::Inference;
+use super::stats::ModelStats;
 
 #[derive(Clone, Copy, Debug)]
 pub struct BatchingConfig {
@@ -20,24 +25,48 @@ pub struct BatchingConfig {
     pub max_queue: usize,
 }
 
+/// The batch size and delay in force, changed while the batcher runs (a
+/// model's own settings).
+pub struct LiveSettings {
+    max_batch: AtomicUsize,
+    max_delay_us: AtomicU64,
+}
+
+impl LiveSettings {
+    pub fn new(max_batch: usize, max_delay: Duration) -> Self {
+        Self {
+            max_batch: AtomicUsize::new(max_batch.max(1)),
+            max_delay_us: AtomicU64::new(max_delay.as_micros() as u64),
+        }
+    }
+
+    pub fn set(&self, max_batch: usize, max_delay: Duration) {
+        self.max_batch.store(max_batch.max(1), Ordering::Relaxed);
+        self.max_delay_us
+            .store(max_delay.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn max_batch(&self) -> usize {
+        self.max_batch.load(Ordering::Relaxed)
+    }
+
+    pub fn max_delay(&self) -> Duration {
+        Duration::from_micros(self.max_delay_us.load(Ordering::Relaxed))
+    }
+}
+
 type Reply = oneshot::Sender<candle_core::Result<Vec<Vec<f32>>>>;
 
 struct Request {
     sequences: Vec<Vec<u32>>,
     reply: Reply,
-}
-
-/// Queue time and batch size of one forward pass, for metrics.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct BatchStats {
-    pub sequences: usize,
-    pub requests: usize,
-    pub oldest_wait: Duration,
+    queued: Instant,
 }
 
 pub struct Batcher {
-    tx: mpsc::Sender<(Request, Instant)>,
+    tx: SyncSender<Request>,
     passes: Arc<AtomicU64>,
+    pub settings: Arc<LiveSettings>,
 }
 
 /// Why a request got no answer.
@@ -47,13 +76,33 @@ pub enum SubmitError {
 }
 
 impl Batcher {
-    /// Starts the batching task for `inference`; it ends when the batcher is
-    /// dropped.
-    pub fn start(inference: Arc<Inference>, config: BatchingConfig) -> Self {
-        let (tx, rx) = mpsc::channel(config.max_queue.max(1));
+    /// Starts the batching thread for `inference`; it ends when the batcher
+    /// is dropped (the model left the cache) and its queue is drained.
+    pub fn start(
+        inference: Arc<Inference>,
+        settings: Arc<LiveSettings>,
+        max_queue: usize,
+        stats: Arc<ModelStats>,
+        name: &str,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::sync_channel(max_queue.max(1));
         let passes = Arc::new(AtomicU64::new(0));
-        tokio::spawn(run(inference, config, rx, Arc::clone(&passes)));
-        Self { tx, passes }
+        let worker = Worker {
+            inference,
+            settings: Arc::clone(&settings),
+            passes: Arc::clone(&passes),
+            stats,
+        };
+        // Thread names are at most 15 bytes on Linux.
+        let thread: String = format!("batch {name}").chars().take(15).collect();
+        std::thread::Builder::new()
+            .name(thread)
+            .spawn(move || worker.run(rx))?;
+        Ok(Self {
+            tx,
+            passes,
+            settings,
+        })
     }
 
     /// Forward passes run so far (each serves one batch of requests).
@@ -65,86 +114,91 @@ impl Batcher {
     /// whatever else is queued.
     pub async fn submit(&self, sequences: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, SubmitError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .try_send((Request { sequences, reply }, Instant::now()))
-            .map_err(|_| SubmitError::QueueFull)?;
+        let request = Request {
+            sequences,
+            reply,
+            queued: Instant::now(),
+        };
+        self.tx.try_send(request).map_err(|e| match e {
+            TrySendError::Full(_) => SubmitError::QueueFull,
+            TrySendError::Disconnected(_) => stopped(),
+        })?;
         match rx.await {
             Ok(result) => result.map_err(SubmitError::Failed),
-            Err(_) => Err(SubmitError::Failed(candle_core::Error::Msg(
-                "the batcher stopped".into(),
-            ))),
+            Err(_) => Err(stopped()),
         }
     }
 }
 
-async fn run(
+fn stopped() -> SubmitError {
+    SubmitError::Failed(candle_core::Error::Msg("the batcher stopped".into()))
+}
+
+struct Worker {
     inference: Arc<Inference>,
-    config: BatchingConfig,
-    mut rx: mpsc::Receiver<(Request, Instant)>,
+    settings: Arc<LiveSettings>,
     passes: Arc<AtomicU64>,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut size = first.0.sequences.len();
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + config.max_delay;
-        while size < config.max_batch {
-            let next = if config.max_delay.is_zero() {
-                rx.try_recv().ok()
-            } else {
-                tokio::select! {
-                    r = rx.recv() => r,
-                    _ = tokio::time::sleep_until(deadline) => None,
-                }
-            };
-            match next {
-                Some(r) => {
-                    size += r.0.sequences.len();
-                    batch.push(r);
-                }
-                None => break,
+    stats: Arc<ModelStats>,
+}
+
+impl Worker {
+    fn run(self, rx: mpsc::Receiver<Request>) {
+        // Reused from pass to pass: no allocation per batch but the answers.
+        let mut batch: Vec<Request> = Vec::new();
+        let mut sequences: Vec<Vec<u32>> = Vec::new();
+        while let Ok(first) = rx.recv() {
+            let (max_batch, delay) = (self.settings.max_batch(), self.settings.max_delay());
+            let deadline = Instant::now() + delay;
+            let mut size = first.sequences.len();
+            batch.push(first);
+            while size < max_batch {
+                let next = if delay.is_zero() {
+                    rx.try_recv().ok()
+                } else {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    rx.recv_timeout(left).ok()
+                };
+                let Some(r) = next else { break };
+                size += r.sequences.len();
+                batch.push(r);
             }
+            self.pass(&mut batch, &mut sequences, size);
         }
-        let stats = BatchStats {
-            sequences: size,
-            requests: batch.len(),
-            oldest_wait: batch
-                .iter()
-                .map(|(_, t)| t.elapsed())
-                .max()
-                .unwrap_or_default(),
+    }
+
+    /// One forward pass over every queued request; answers each.
+    fn pass(&self, batch: &mut Vec<Request>, sequences: &mut Vec<Vec<u32>>, size: usize) {
+        for r in batch.iter() {
+            metrics::histogram!("lstmd_predict_queue_seconds").record(r.queued.elapsed());
+        }
+        self.passes.fetch_add(1, Ordering::Relaxed);
+        self.stats.record_pass(size);
+        sequences.clear();
+        let mut counts = Vec::with_capacity(batch.len());
+        for r in batch.iter_mut() {
+            counts.push(r.sequences.len());
+            sequences.append(&mut r.sequences);
+        }
+        let inference = &self.inference;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            inference.next_token_probabilities(sequences)
+        }));
+        let result = match result {
+            Ok(r) => r,
+            Err(_) => Err(candle_core::Error::Msg("the forward pass panicked".into())),
         };
-        tracing::trace!(?stats, "forward pass");
-        for (_, queued) in &batch {
-            metrics::histogram!("lstmd_predict_queue_seconds").record(queued.elapsed());
-        }
-        passes.fetch_add(1, Ordering::Relaxed);
-        let all: Vec<Vec<u32>> = batch
-            .iter()
-            .flat_map(|(r, _)| r.sequences.iter().cloned())
-            .collect();
-        let model = Arc::clone(&inference);
-        let result =
-            tokio::task::spawn_blocking(move || model.next_token_probabilities(&all)).await;
-        let mut probs = match result {
-            Ok(Ok(p)) => p.into_iter(),
-            Ok(Err(e)) => {
-                for (r, _) in batch {
-                    let _ = r.reply.send(Err(candle_core::Error::Msg(e.to_string())));
+        match result {
+            Ok(probs) => {
+                let mut probs = probs.into_iter();
+                for (r, n) in batch.drain(..).zip(counts) {
+                    let _ = r.reply.send(Ok(probs.by_ref().take(n).collect()));
                 }
-                continue;
             }
             Err(e) => {
-                for (r, _) in batch {
-                    let _ = r.reply.send(Err(candle_core::Error::Msg(format!(
-                        "inference task failed: {e}"
-                    ))));
+                for r in batch.drain(..) {
+                    let _ = r.reply.send(Err(candle_core::Error::Msg(e.to_string())));
                 }
-                continue;
             }
-        };
-        for (r, _) in batch {
-            let mine: Vec<Vec<f32>> = probs.by_ref().take(r.sequences.len()).collect();
-            let _ = r.reply.send(Ok(mine));
         }
     }
 }

@@ -65,6 +65,29 @@ impl<T> ModelCache<T> {
         Ok((value, loaded_bytes.is_none()))
     }
 
+    /// The loaded value for `key`, if it is loaded (a load in progress is
+    /// not); counts as a use.
+    pub fn peek(&self, key: &Key) -> Option<Arc<T>> {
+        let mut guard = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let (slots, clock) = &mut *guard;
+        let slot = slots.get_mut(key)?;
+        let value = Arc::clone(slot.cell.get()?);
+        *clock += 1;
+        slot.last_used = *clock;
+        Some(value)
+    }
+
+    /// The loaded versions of `name`.
+    pub fn values_of(&self, name: &str) -> Vec<Arc<T>> {
+        let guard = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        guard
+            .0
+            .iter()
+            .filter(|((n, _), _)| n == name)
+            .filter_map(|(_, s)| s.cell.get().cloned())
+            .collect()
+    }
+
     /// Records a fresh load's size and evicts least recently used models
     /// until the budget holds (the newest always stays).
     fn admit(&self, key: &Key, bytes: u64) {

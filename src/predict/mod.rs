@@ -1,29 +1,39 @@
-//! Inference facade: loads registered models once into a cache, admits a
-//! bounded number of requests, merges concurrent ones into batches, keeps
-//! stateful sessions, and streams generated tokens. Every forward pass runs
-//! off the tokio executor, without autograd.
+//! Inference facade: loads registered models once into a cache (each run
+//! once before it takes traffic), admits a bounded number of requests,
+//! merges concurrent ones into batches, keeps stateful sessions, and
+//! streams generated tokens. Every forward pass runs off the tokio
+//! executor, without autograd.
+//!
+//! The path of a Predict whose model is loaded touches no disk and no
+//! thread pool: the version comes from the registry's in-memory catalog,
+//! the model from the cache, and the forward pass from the model's batcher
+//! thread.
 pub mod batcher;
 pub mod cache;
+pub mod context;
 pub mod infer;
 pub mod sessions;
+pub mod stats;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use rand::SeedableRng;
 use tokio::sync::{mpsc, Semaphore};
 
-use batcher::{Batcher, BatchingConfig, SubmitError};
+use batcher::{Batcher, BatchingConfig, LiveSettings, SubmitError};
 use cache::ModelCache;
+use context::Reading;
 use infer::{sample, top_k_of, Inference};
 use sessions::Sessions;
+use stats::{ModelStats, StatsTable};
 
 use crate::data::vocabulary::check_ids;
 use crate::error::{check_range, InvalidField};
 use crate::nn::metadata::ModelInfo;
 use crate::nn::{Network, NnError};
-use crate::store::{ModelRegistry, StoreError};
+use crate::store::{ModelRegistry, ModelSettings, Selector, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PredictError {
@@ -35,11 +45,11 @@ pub enum PredictError {
     Overloaded(usize),
     #[error("the prediction queue of model {0} is full; retry later")]
     QueueFull(String),
-    #[error("session {0:?} not found (closed, expired or never opened)")]
+    #[error("session {0:?} not found (closed, expired, its model deleted, or never opened)")]
     SessionNotFound(String),
     #[error("{0} sessions are open, the configured maximum; close one or retry later")]
     TooManySessions(usize),
-    #[error("model {0} has bidirectional layers: a bidirectional layer needs the whole sequence, so it cannot keep a session's state")]
+    #[error("model {0} has bidirectional layers: a bidirectional layer needs the whole sequence, so it cannot keep a session's state over the whole input (leave whole_input unset to keep the last window tokens)")]
     NotStateful(String),
     #[error("stored model {name} is unusable: {reason}")]
     Corrupt { name: String, reason: String },
@@ -76,7 +86,7 @@ impl Default for PredictLimits {
             batching: BatchingConfig {
                 max_batch: 64,
                 max_delay: Duration::ZERO,
-                max_queue: 1024,
+                max_queue: 256,
             },
         }
     }
@@ -91,6 +101,9 @@ pub struct GenerateParams {
     pub top_k: usize,
     pub seed: u64,
     pub stop_ids: Vec<u32>,
+    /// Carry the state over the whole growing sequence instead of sliding
+    /// the model's window.
+    pub whole_input: bool,
 }
 
 pub enum SequenceInput {
@@ -117,6 +130,7 @@ pub struct LoadedModel {
     pub info: ModelInfo,
     pub inference: Arc<Inference>,
     pub batcher: Batcher,
+    pub stats: Arc<ModelStats>,
 }
 
 pub struct Predictor {
@@ -126,6 +140,7 @@ pub struct Predictor {
     admission: Semaphore,
     cache: ModelCache<LoadedModel>,
     sessions: Sessions,
+    stats: StatsTable,
 }
 
 impl Predictor {
@@ -134,6 +149,7 @@ impl Predictor {
             admission: Semaphore::new(limits.max_in_flight),
             cache: ModelCache::new(limits.model_cache_bytes),
             sessions: Sessions::new(limits.max_sessions, limits.session_idle_timeout),
+            stats: StatsTable::default(),
             registry,
             device,
             limits,
@@ -144,6 +160,39 @@ impl Predictor {
     /// after it was deleted.
     pub fn evict(&self, name: &str, version: Option<u32>) {
         self.cache.evict(name, version);
+        self.sessions.close_model(name, version);
+        self.stats.forget(name, version);
+    }
+
+    /// The serving statistics of one version (zeros if it never served).
+    pub fn statistics(&self, name: &str, version: u32) -> stats::StatsSnapshot {
+        self.stats.snapshot(name, version)
+    }
+
+    /// Whether `version` of `name` is loaded and was run once (OIP's
+    /// ModelReady).
+    pub fn is_ready(&self, name: &str, version: u32) -> bool {
+        self.cache.peek(&(name.to_string(), version)).is_some()
+    }
+
+    /// The batching in force for `name`: its own settings over the
+    /// server's defaults.
+    pub fn batching_of(&self, settings: ModelSettings) -> (usize, Duration) {
+        let d = self.limits.batching;
+        (
+            settings.max_batch.map_or(d.max_batch, |b| b as usize),
+            settings
+                .max_delay_us
+                .map_or(d.max_delay, Duration::from_micros),
+        )
+    }
+
+    /// Applies new batching settings of `name` to its loaded versions.
+    pub fn apply_settings(&self, name: &str, settings: ModelSettings) {
+        let (max_batch, max_delay) = self.batching_of(settings);
+        for model in self.cache.values_of(name) {
+            model.batcher.settings.set(max_batch, max_delay);
+        }
     }
 
     /// Models in memory and their weight bytes.
@@ -166,33 +215,75 @@ impl Predictor {
         name: &str,
         version: Option<u32>,
     ) -> Result<Arc<LoadedModel>, PredictError> {
-        let label = match version {
-            Some(v) => format!("{name:?} version {v}"),
-            None => format!("{name:?}"),
+        let selector = version.map_or(Selector::Latest, Selector::Version);
+        self.model_by(name, &selector).await
+    }
+
+    /// The loaded model `selector` names. A loaded model costs a map lookup
+    /// in the catalog and one in the cache; a model not loaded yet is read,
+    /// built and run once on the blocking pool (concurrent first requests
+    /// wait for the same load).
+    pub async fn model_by(
+        &self,
+        name: &str,
+        selector: &Selector,
+    ) -> Result<Arc<LoadedModel>, PredictError> {
+        let label = || match selector {
+            Selector::Latest => format!("{name:?}"),
+            other => format!("{name:?} {other}"),
         };
         if crate::error::check_name("model", name).is_err() {
-            return Err(PredictError::NotFound(label));
+            return Err(PredictError::NotFound(label()));
         }
-        let registry = Arc::clone(&self.registry);
-        let (n, v) = (name.to_string(), version);
-        let meta = tokio::task::spawn_blocking(move || registry.get(&n, v))
-            .await
-            .expect("registry lookup does not panic")?
-            .ok_or_else(|| PredictError::NotFound(label))?;
-        let key = (meta.name.clone(), meta.version);
+        let version = self
+            .registry
+            .resolve(name, selector)?
+            .ok_or_else(|| PredictError::NotFound(label()))?;
+        let key = (name.to_string(), version);
+        if let Some(model) = self.cache.peek(&key) {
+            metrics::counter!("lstmd_model_cache_hits_total").increment(1);
+            return Ok(model);
+        }
         let registry = Arc::clone(&self.registry);
         let device = self.device.clone();
         let batching = self.limits.batching;
+        let live = Arc::new(LiveSettings::new(batching.max_batch, batching.max_delay));
+        let stats = self.stats.of(name, version);
+        let defaults = self.limits.batching;
         let (model, hit) = self
             .cache
             .get_or_load(key, || async move {
-                let model = tokio::task::spawn_blocking(move || load(&registry, meta, &device))
-                    .await
-                    .expect("model load does not panic")?;
-                let bytes = model.1;
-                let (name, version, info, network) = model.0;
-                let inference = Arc::new(Inference::new(network)?);
-                let batcher = Batcher::start(Arc::clone(&inference), batching);
+                let (n, v) = (name.to_string(), version);
+                let loaded = tokio::task::spawn_blocking(move || {
+                    let meta = registry
+                        .get(&n, Some(v))?
+                        .ok_or_else(|| PredictError::NotFound(format!("{n:?} version {v}")))?;
+                    let settings = registry.settings(&n)?;
+                    let ((name, version, info, network), bytes) = load(&registry, meta, &device)?;
+                    let inference = Inference::new(network)?;
+                    warm_up(&inference)?;
+                    Ok::<_, PredictError>((name, version, info, inference, bytes, settings))
+                })
+                .await
+                .expect("model load does not panic")?;
+                let (name, version, info, inference, bytes, settings) = loaded;
+                live.set(
+                    settings
+                        .max_batch
+                        .map_or(defaults.max_batch, |b| b as usize),
+                    settings
+                        .max_delay_us
+                        .map_or(defaults.max_delay, Duration::from_micros),
+                );
+                let inference = Arc::new(inference);
+                let batcher = Batcher::start(
+                    Arc::clone(&inference),
+                    live,
+                    batching.max_queue,
+                    Arc::clone(&stats),
+                    &name,
+                )
+                .map_err(|e| PredictError::Candle(candle_core::Error::Msg(e.to_string())))?;
                 Ok::<_, PredictError>((
                     Arc::new(LoadedModel {
                         name,
@@ -200,6 +291,7 @@ impl Predictor {
                         info,
                         inference,
                         batcher,
+                        stats,
                     }),
                     bytes,
                 ))
@@ -278,23 +370,61 @@ impl Predictor {
         version: Option<u32>,
         sequences: Vec<SequenceInput>,
         top_k: Option<u32>,
+        whole_input: bool,
     ) -> Result<Predictions, PredictError> {
-        let _permit = self
+        let selector = version.map_or(Selector::Latest, Selector::Version);
+        self.predict_by(name, &selector, sequences, top_k, whole_input)
+            .await
+    }
+
+    /// The top-k next tokens of each sequence, from the version `selector`
+    /// names.
+    pub async fn predict_by(
+        &self,
+        name: &str,
+        selector: &Selector,
+        sequences: Vec<SequenceInput>,
+        top_k: Option<u32>,
+        whole_input: bool,
+    ) -> Result<Predictions, PredictError> {
+        let _permit = self.admit(sequences.len())?;
+        let model = self.model_by(name, selector).await?;
+        let started = Instant::now();
+        let answer = self.predict_on(&model, sequences, top_k, whole_input).await;
+        let n = answer.as_ref().map_or(0, |p| p.top.len());
+        model
+            .stats
+            .record_request(n, started.elapsed(), answer.is_ok());
+        answer
+    }
+
+    /// One admission permit, and the batch size checked; RESOURCE_EXHAUSTED
+    /// (shed at once, never queued) when the in-flight limit is reached.
+    fn admit(&self, sequences: usize) -> Result<tokio::sync::SemaphorePermit<'_>, PredictError> {
+        let permit = self
             .admission
             .try_acquire()
             .map_err(|_| PredictError::Overloaded(self.limits.max_in_flight))?;
-        check_range("sequences", sequences.len(), 1, self.limits.max_batch).map_err(|_| {
+        check_range("sequences", sequences, 1, self.limits.max_batch).map_err(|_| {
             InvalidField::new(
                 "sequences",
                 format!(
-                    "must hold 1..={} sequences, got {}",
-                    self.limits.max_batch,
-                    sequences.len()
+                    "must hold 1..={} sequences, got {sequences}",
+                    self.limits.max_batch
                 ),
             )
         })?;
-        metrics::histogram!("lstmd_predict_batch_sequences").record(sequences.len() as f64);
-        let model = self.model(name, version).await?;
+        metrics::histogram!("lstmd_predict_batch_sequences").record(sequences as f64);
+        Ok(permit)
+    }
+
+    async fn predict_on(
+        &self,
+        model: &Arc<LoadedModel>,
+        sequences: Vec<SequenceInput>,
+        top_k: Option<u32>,
+        whole_input: bool,
+    ) -> Result<Predictions, PredictError> {
         let k = check_range(
             "top_k",
             top_k.unwrap_or(5) as usize,
@@ -304,29 +434,72 @@ impl Predictor {
         let encoded = sequences
             .into_iter()
             .enumerate()
-            .map(|(i, seq)| self.encode(&model, &format!("sequences[{i}]"), seq))
+            .map(|(i, seq)| self.encode(model, &format!("sequences[{i}]"), seq))
             .collect::<Result<Vec<_>, _>>()?;
-        let probs = model.batcher.submit(encoded).await.map_err(|e| match e {
+        let encoded = in_context(model, encoded, whole_input);
+        let probs = Self::forward(model, encoded).await?;
+        Ok(Predictions {
+            name: model.name.clone(),
+            version: model.version,
+            top: probs.iter().map(|p| Self::top(model, p, k)).collect(),
+        })
+    }
+
+    /// Next-token distributions of validated id sequences, through the
+    /// model's batcher.
+    async fn forward(
+        model: &LoadedModel,
+        encoded: Vec<Vec<u32>>,
+    ) -> Result<Vec<Vec<f32>>, PredictError> {
+        model.batcher.submit(encoded).await.map_err(|e| match e {
             SubmitError::QueueFull => {
                 PredictError::QueueFull(format!("{}@{}", model.name, model.version))
             }
             SubmitError::Failed(e) => PredictError::Candle(e),
-        })?;
-        Ok(Predictions {
-            name: model.name.clone(),
-            version: model.version,
-            top: probs.iter().map(|p| Self::top(&model, p, k)).collect(),
         })
+    }
+
+    /// Full next-token distributions for id sequences (the Open Inference
+    /// Protocol's ModelInfer): the same admission, checks, batcher and
+    /// statistics as `predict_by`.
+    pub async fn distributions(
+        &self,
+        name: &str,
+        selector: &Selector,
+        sequences: Vec<Vec<u32>>,
+    ) -> Result<(Arc<LoadedModel>, Vec<Vec<f32>>), PredictError> {
+        let _permit = self.admit(sequences.len())?;
+        let model = self.model_by(name, selector).await?;
+        let started = Instant::now();
+        let encoded = sequences
+            .into_iter()
+            .enumerate()
+            .map(|(i, ids)| {
+                self.encode(&model, &format!("sequences[{i}]"), SequenceInput::Ids(ids))
+            })
+            .collect::<Result<Vec<_>, _>>();
+        let answer = match encoded {
+            // The same context as Predict's default: the model's window.
+            Ok(encoded) => Self::forward(&model, in_context(&model, encoded, false)).await,
+            Err(e) => Err(e),
+        };
+        let n = answer.as_ref().map_or(0, Vec::len);
+        model
+            .stats
+            .record_request(n, started.elapsed(), answer.is_ok());
+        Ok((model, answer?))
     }
 
     /// Opens a session on a unidirectional model; returns its id and model.
     pub async fn open_session(
         &self,
         name: &str,
-        version: Option<u32>,
+        selector: &Selector,
+        whole_input: bool,
     ) -> Result<(String, Arc<LoadedModel>), PredictError> {
-        let model = self.model(name, version).await?;
-        if !model.inference.network.is_stateful() {
+        let model = self.model_by(name, selector).await?;
+        let reading = session_reading(&model, whole_input);
+        if !matches!(reading, Reading::Carried(_)) && whole_input {
             return Err(PredictError::NotStateful(format!(
                 "{}@{}",
                 model.name, model.version
@@ -334,7 +507,7 @@ impl Predictor {
         }
         let id = self
             .sessions
-            .open(Arc::clone(&model))
+            .open(Arc::clone(&model), reading)
             .ok_or(PredictError::TooManySessions(self.sessions.max))?;
         Ok((id, model))
     }
@@ -360,14 +533,19 @@ impl Predictor {
             model.info.spec.vocab_size,
         )?;
         let ids = self.encode(&model, "tokens", input)?;
-        let states = session.states.take();
-        let inference = Arc::clone(&model.inference);
         let n = ids.len();
-        let result = tokio::task::spawn_blocking(move || inference.step(&ids, states.as_ref()))
-            .await
-            .expect("inference does not panic");
-        let (probs, states) = result?;
-        session.states = Some(states);
+        // The reading moves to the blocking thread and back; a failed call
+        // leaves it as it was.
+        let inference = Arc::clone(&model.inference);
+        let mut reading = std::mem::replace(&mut session.reading, Reading::Carried(None));
+        let (result, reading) = tokio::task::spawn_blocking(move || {
+            let r = reading.feed(&inference, &ids);
+            (r, reading)
+        })
+        .await
+        .expect("inference does not panic");
+        session.reading = reading;
+        let probs = result?;
         session.tokens_seen += n as u64;
         Sessions::touch(&mut session);
         Ok((Self::top(&model, &probs, k), session.tokens_seen))
@@ -386,10 +564,10 @@ impl Predictor {
     pub async fn generate(
         &self,
         name: &str,
-        version: Option<u32>,
+        selector: &Selector,
         params: GenerateParams,
     ) -> Result<mpsc::Receiver<Result<TokenProbability, PredictError>>, PredictError> {
-        let model = self.model(name, version).await?;
+        let model = self.model_by(name, selector).await?;
         let vocab = model.info.spec.vocab_size;
         check_range(
             "max_tokens",
@@ -407,43 +585,27 @@ impl Predictor {
         }
         check_ids("stop_ids", &params.stop_ids, vocab)?;
         let prompt = self.encode(&model, "prompt", params.prompt)?;
-        let max_len = self.limits.max_sequence_len;
+        let mut reading = Reading::new(
+            model.info.context(),
+            params.whole_input,
+            model.inference.is_stateful(),
+            self.limits.max_sequence_len,
+        );
         let (tx, rx) = mpsc::channel(16);
         tokio::task::spawn_blocking(move || {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(params.seed);
             let inference = &model.inference;
-            let run = || -> candle_core::Result<()> {
-                // Unidirectional models carry their state: each new token
-                // costs one step. Bidirectional ones re-read the sequence.
-                let mut sequence = prompt;
-                let (mut probs, mut states) = if inference.is_stateful() {
-                    let (p, s) = inference.step(&sequence, None)?;
-                    (p, Some(s))
-                } else {
-                    (
-                        inference
-                            .next_token_probabilities(std::slice::from_ref(&sequence))?
-                            .remove(0),
-                        None,
-                    )
-                };
+            let mut run = || -> candle_core::Result<()> {
+                // A window model re-reads the last `window` tokens before
+                // each new one; a stateful one carries its state.
+                let mut probs = reading.feed(inference, &prompt)?;
                 for _ in 0..params.max_tokens {
                     let id = sample(&probs, params.temperature, params.top_k, &mut rng);
                     let token = Self::token(&model, id, probs[id as usize] as f64);
                     if tx.blocking_send(Ok(token)).is_err() || params.stop_ids.contains(&id) {
                         return Ok(());
                     }
-                    sequence.push(id);
-                    if let Some(s) = states.take() {
-                        let (p, s) = inference.step(&[id], Some(&s))?;
-                        probs = p;
-                        states = Some(s);
-                    } else {
-                        let start = sequence.len().saturating_sub(max_len);
-                        probs = inference
-                            .next_token_probabilities(&[sequence[start..].to_vec()])?
-                            .remove(0);
-                    }
+                    probs = reading.feed(inference, &[id])?;
                 }
                 Ok(())
             };
@@ -455,7 +617,36 @@ impl Predictor {
     }
 }
 
+/// The part of each sequence the model reads (see `InferenceContext`).
+fn in_context(model: &LoadedModel, sequences: Vec<Vec<u32>>, whole_input: bool) -> Vec<Vec<u32>> {
+    let context = model.info.context();
+    sequences
+        .into_iter()
+        .map(|s| match context.select(&s, whole_input).len() {
+            n if n == s.len() => s,
+            n => s[s.len() - n..].to_vec(),
+        })
+        .collect()
+}
+
+/// What a new session of `model` keeps between calls.
+fn session_reading(model: &LoadedModel, whole_input: bool) -> Reading {
+    Reading::new(
+        model.info.context(),
+        whole_input,
+        model.inference.is_stateful(),
+        0,
+    )
+}
+
 type Loaded = ((String, u32, ModelInfo, Network), u64);
+
+/// Runs a freshly loaded model once (one token), so its first request
+/// finds the kernels' buffers and pages in place.
+fn warm_up(inference: &Inference) -> Result<(), PredictError> {
+    inference.next_token_probabilities(&[vec![0]])?;
+    Ok(())
+}
 
 fn load(
     registry: &ModelRegistry,

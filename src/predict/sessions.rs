@@ -1,24 +1,29 @@
-//! Stateful sessions: the server keeps each session's recurrent state (h,
-//! and c for LSTMs, per layer), so a call costs only its new tokens. Each
+//! Sessions: the server keeps what each session's next answer reads (the
+//! recurrent state, h and c per layer, of a stateful model, so a call costs
+//! only its new tokens; the last `window` tokens of a window model). Each
 //! session has its own lock; ids are random, so no client reaches another's
 //! state.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::infer::Carried;
+use super::context::Reading;
 use super::LoadedModel;
 
 pub struct Session {
     pub model: Arc<LoadedModel>,
-    /// None before the first token.
-    pub states: Option<Carried>,
+    pub reading: Reading,
     pub tokens_seen: u64,
     last_used: Instant,
 }
 
+/// A session and the model it runs on (readable without the session's lock,
+/// so deleting a model ends even a session that is busy right now).
+type Entry = (ModelKey, Arc<tokio::sync::Mutex<Session>>);
+type ModelKey = (String, u32);
+
 pub struct Sessions {
-    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Session>>>>,
+    map: Mutex<HashMap<String, Entry>>,
     pub max: usize,
     pub idle_timeout: Duration,
 }
@@ -35,7 +40,7 @@ impl Sessions {
     /// Drops sessions idle past the timeout.
     pub fn sweep(&self) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, s| match s.try_lock() {
+        map.retain(|_, (_, s)| match s.try_lock() {
             Ok(s) => s.last_used.elapsed() < self.idle_timeout,
             Err(_) => true, // in use right now
         });
@@ -43,21 +48,25 @@ impl Sessions {
     }
 
     /// A new session on `model`, or None when the maximum is reached.
-    pub fn open(&self, model: Arc<LoadedModel>) -> Option<String> {
+    pub fn open(&self, model: Arc<LoadedModel>, reading: Reading) -> Option<String> {
         self.sweep();
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= self.max {
             return None;
         }
         let id = format!("sess-{}", uuid::Uuid::new_v4().simple());
+        let key = (model.name.clone(), model.version);
         map.insert(
             id.clone(),
-            Arc::new(tokio::sync::Mutex::new(Session {
-                model,
-                states: None,
-                tokens_seen: 0,
-                last_used: Instant::now(),
-            })),
+            (
+                key,
+                Arc::new(tokio::sync::Mutex::new(Session {
+                    model,
+                    reading,
+                    tokens_seen: 0,
+                    last_used: Instant::now(),
+                })),
+            ),
         );
         metrics::gauge!("lstmd_sessions_open").set(map.len() as f64);
         Some(id)
@@ -71,8 +80,17 @@ impl Sessions {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
-            .cloned()?;
+            .map(|(_, s)| Arc::clone(s))?;
         let guard = session.lock_owned().await;
+        // Closed while this call waited for the lock (its model was deleted).
+        let open = self
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(id);
+        if !open {
+            return None;
+        }
         if guard.last_used.elapsed() >= self.idle_timeout {
             self.map
                 .lock()
@@ -93,6 +111,14 @@ impl Sessions {
             .unwrap_or_else(|e| e.into_inner())
             .remove(id)
             .is_some()
+    }
+
+    /// Ends every session on a deleted model (every version when `version`
+    /// is None): their next call is NOT_FOUND.
+    pub fn close_model(&self, name: &str, version: Option<u32>) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, ((n, v), _)| !(n == name && version.is_none_or(|d| d == *v)));
+        metrics::gauge!("lstmd_sessions_open").set(map.len() as f64);
     }
 
     pub fn open_count(&self) -> usize {

@@ -2,6 +2,7 @@
 //! under `blobs/`, records in the embedded database `records.redb`, and
 //! files being staged (uploads in progress) under `staging/`.
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
 
 use super::atomic::{sync_dir, write_atomic};
 use super::records::RedbRecords;
@@ -10,6 +11,9 @@ use super::{BlobStore, RecordStore, RecordWrite, StoreError};
 pub struct LocalStore {
     root: PathBuf,
     records: RedbRecords,
+    // Declared last, so it drops after the database has closed its file:
+    // a `Weak` of it tells when the data dir can be opened again.
+    open: Arc<()>,
 }
 
 /// Where uploads are staged: inside the data directory, so that committing
@@ -55,11 +59,19 @@ impl LocalStore {
             }
         }
         std::fs::create_dir_all(&staging)?;
+        remove_partial_writes(&root.join("blobs"))?;
         write_atomic(&root.join(".write-check"), b"ok")?;
         Ok(Self {
             root: root.to_path_buf(),
             records: RedbRecords::open(&root.join("records.redb"))?,
+            open: Arc::new(()),
         })
+    }
+
+    /// Dead once this store has dropped and closed the record database
+    /// (the `Arc`'s own count reaches zero before its contents drop).
+    pub fn closed_signal(&self) -> Weak<()> {
+        Arc::downgrade(&self.open)
     }
 
     pub fn root(&self) -> &Path {
@@ -70,6 +82,45 @@ impl LocalStore {
         check_key(key)?;
         Ok(self.root.join("blobs").join(key))
     }
+}
+
+/// Removes, under `dir`, the `.tmp-*` files of writes a crash cut short
+/// (an atomic write renames its temporary into place only when whole) and
+/// the folders left empty. Returns whether `dir` itself is now empty.
+fn remove_partial_writes(dir: &Path) -> Result<bool, StoreError> {
+    let mut empty = true;
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            if remove_partial_writes(&path)? {
+                std::fs::remove_dir(&path)?;
+            } else {
+                empty = false;
+            }
+        } else if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+            tracing::info!(path = %path.display(), "removed a partial write left by an earlier run");
+            std::fs::remove_file(&path)?;
+        } else {
+            empty = false;
+        }
+    }
+    Ok(empty)
+}
+
+/// Every file under `dir`, as keys relative to `root`.
+fn walk_keys(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), StoreError> {
+    let Some(entries) = not_found_as_none(std::fs::read_dir(dir))? else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            walk_keys(root, &path, out)?;
+        } else if let Ok(rel) = path.strip_prefix(root) {
+            out.push(rel.to_string_lossy().into_owned());
+        }
+    }
+    Ok(())
 }
 
 fn not_found_as_none<T>(r: std::io::Result<T>) -> Result<Option<T>, StoreError> {
@@ -118,12 +169,28 @@ impl BlobStore for LocalStore {
     fn delete_blobs(&self, prefix: &str) -> Result<(), StoreError> {
         let path = self.blob_path(prefix)?;
         match std::fs::remove_dir_all(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
-                Ok(std::fs::remove_file(path)?)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            r => Ok(r?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => std::fs::remove_file(&path)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            r => r?,
         }
+        // Folders emptied by the delete go too (`models/NAME` after its last
+        // version), up to but not including the top-level ones.
+        let top = self.root.join("blobs");
+        let mut dir = path.parent();
+        while let Some(d) = dir.filter(|d| d.parent().is_some_and(|p| p != top) && *d != top) {
+            if std::fs::remove_dir(d).is_err() {
+                break; // not empty (or gone): stop here
+            }
+            dir = d.parent();
+        }
+        Ok(())
+    }
+
+    fn list_blobs(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut keys = Vec::new();
+        let top = self.root.join("blobs");
+        walk_keys(&top, &self.blob_path(prefix)?, &mut keys)?;
+        Ok(keys)
     }
 }
 

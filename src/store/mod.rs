@@ -2,10 +2,13 @@
 //! streams) and one for JSON records (datasets, models, jobs), so that
 //! object storage and a database can replace the local defaults.
 mod atomic;
+pub mod catalog;
+pub mod leftovers;
 pub mod local;
 pub mod models;
 pub mod records;
 
+pub use catalog::{ModelSettings, Selector};
 pub use local::LocalStore;
 pub use models::{ModelMetadata, ModelRegistry};
 
@@ -40,8 +43,11 @@ pub trait BlobStore: Send + Sync {
     /// (object storage would fetch it into a local cache first).
     fn open_blob(&self, key: &str) -> Result<Option<std::fs::File>, StoreError>;
     fn blob_size(&self, key: &str) -> Result<Option<u64>, StoreError>;
-    /// Deletes every blob under `prefix` (a key or a folder of keys).
+    /// Deletes every blob under `prefix` (a key or a folder of keys), and
+    /// folders the deletion leaves empty.
     fn delete_blobs(&self, prefix: &str) -> Result<(), StoreError>;
+    /// The keys of every blob under the folder `prefix`, in no set order.
+    fn list_blobs(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
 }
 
 /// One change to a record: `json` None deletes it.

@@ -1,13 +1,24 @@
 //! The model registry: each version of a model name is a safetensors blob,
 //! a metadata.json blob (what PyTorch-side tools read) and a record (the
-//! commit point: a version exists once its record is written).
-use std::sync::{Arc, Mutex};
+//! commit point: a version exists once its record is written). A (name,
+//! version) pair names one set of weights for ever: the last version handed
+//! out per name is a record of its own, kept across deletes and restarts,
+//! so a number is never given twice.
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 
+use super::catalog::{Catalog, Selector};
 use super::{from_json, to_json, Store, StoreError};
 
-const TABLE: &str = "models";
+pub(super) const TABLE: &str = "models";
+/// Per name, the last version number handed out (deleted ones included).
+const VERSIONS: &str = "model_versions";
+
+#[derive(Serialize, Deserialize)]
+struct LastVersion {
+    last: u32,
+}
 
 /// The registry's own view of a model record; the rest of the metadata is
 /// opaque JSON owned by the layers above.
@@ -32,9 +43,11 @@ fn record_id(name: &str, version: u32) -> String {
 }
 
 pub struct ModelRegistry {
-    store: Arc<dyn Store>,
+    pub(super) store: Arc<dyn Store>,
     // Serialises version allocation within this process.
     allocate: Mutex<()>,
+    // Versions, labels and settings in memory (read on first use).
+    pub(super) catalog: RwLock<Option<Catalog>>,
 }
 
 impl ModelRegistry {
@@ -42,7 +55,28 @@ impl ModelRegistry {
         Self {
             store,
             allocate: Mutex::new(()),
+            catalog: RwLock::new(None),
         }
+    }
+
+    /// Every version of one name, oldest first.
+    fn versions_of(&self, name: &str) -> Result<Vec<ModelMetadata>, StoreError> {
+        self.store
+            .list_records(TABLE, &format!("{name}@"))?
+            .iter()
+            .map(|(_, b)| from_json(b))
+            .collect()
+    }
+
+    /// The last version number handed out for `name` (0: none yet). Data
+    /// dirs from before the counter have only their records to go by.
+    fn last_version(&self, name: &str) -> Result<u32, StoreError> {
+        let counted = match self.store.get_record(VERSIONS, name)? {
+            Some(b) => from_json::<LastVersion>(&b)?.last,
+            None => 0,
+        };
+        let registered = self.versions_of(name)?.iter().map(|m| m.version).max();
+        Ok(counted.max(registered.unwrap_or(0)))
     }
 
     /// Every registered version, oldest first per name.
@@ -66,11 +100,10 @@ impl ModelRegistry {
                 .get_record(TABLE, &record_id(name, v))?
                 .map(|b| from_json(&b))
                 .transpose(),
-            None => Ok(self
-                .list()?
-                .into_iter()
-                .filter(|m| m.name == name)
-                .max_by_key(|m| m.version)),
+            None => match self.resolve(name, &Selector::Latest)? {
+                Some(v) => self.get(name, Some(v)),
+                None => Ok(None),
+            },
         }
     }
 
@@ -94,11 +127,35 @@ impl ModelRegistry {
             .filter(|m| m.name == name && version.is_none_or(|v| v == m.version))
             .map(|m| m.version)
             .collect();
+        if versions.is_empty() {
+            return Ok(versions);
+        }
+        // The counter stays: the deleted numbers are never handed out again.
+        let last = self.last_version(name)?;
+        self.store
+            .put_record(VERSIONS, name, &to_json(&LastVersion { last }))?;
         for v in &versions {
             self.store.delete_record(TABLE, &record_id(name, *v))?;
             self.store.delete_blobs(&format!("models/{name}/{v}"))?;
         }
+        self.update_catalog(|c| c.remove_versions(name, &versions));
+        if self.versions_of(name)?.is_empty() {
+            // No version left: no empty folder either.
+            self.store.delete_blobs(&format!("models/{name}"))?;
+        }
         Ok(versions)
+    }
+
+    /// Deletes version folders that have files but no record (a crash
+    /// between the files and the record); run at startup, before any write.
+    pub fn remove_orphans(&self) -> Result<usize, StoreError> {
+        super::leftovers::remove_unrecorded(&*self.store, "models", TABLE, |parts| match parts {
+            [name, version, _file] => {
+                let v: u32 = version.parse().ok()?;
+                Some((record_id(name, v), format!("models/{name}/{version}")))
+            }
+            _ => None,
+        })
     }
 
     pub fn weights_size(&self, name: &str, version: u32) -> Result<Option<u64>, StoreError> {
@@ -114,14 +171,11 @@ impl ModelRegistry {
         weights: &[u8],
     ) -> Result<ModelMetadata, StoreError> {
         let _guard = self.allocate.lock().unwrap_or_else(|e| e.into_inner());
-        let version = self
-            .list()?
-            .iter()
-            .filter(|m| m.name == name)
-            .map(|m| m.version)
-            .max()
-            .unwrap_or(0)
-            + 1;
+        let version = self.last_version(name)? + 1;
+        // Taken before anything is written: a crash from here on leaves a
+        // gap, never a number that could name two models.
+        self.store
+            .put_record(VERSIONS, name, &to_json(&LastVersion { last: version }))?;
         let meta = ModelMetadata {
             name: name.to_string(),
             version,
@@ -132,6 +186,7 @@ impl ModelRegistry {
         self.store.put_blob(&metadata_key(name, version), &json)?;
         self.store
             .put_record(TABLE, &record_id(name, version), &json)?;
+        self.update_catalog(|c| c.add_version(name, version));
         Ok(meta)
     }
 }

@@ -2,6 +2,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{check_range, InvalidField};
+pub use crate::nn::LossPositions;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -143,6 +144,14 @@ pub struct TrainConfig {
     pub progress_every_batches: u32,
     /// A progress event every T seconds (0 = not by time).
     pub progress_every_seconds: f64,
+    /// Which predictions of each window the loss scores (configs written
+    /// before the field trained the last one).
+    #[serde(default = "LossPositions::before_the_field")]
+    pub loss_positions: LossPositions,
+    /// Truncated BPTT over `batch_size` parallel streams, the state carried
+    /// from batch to batch and reset every epoch.
+    #[serde(default)]
+    pub stateful: bool,
 }
 
 /// A monitor as a client sends it.
@@ -188,6 +197,9 @@ pub struct TrainConfigRequest {
     pub keep_best: Option<bool>,
     pub progress_every_batches: Option<u32>,
     pub progress_every_seconds: Option<f64>,
+    /// "every" (default) or "last".
+    pub loss_positions: Option<String>,
+    pub stateful: Option<bool>,
 }
 
 #[derive(Clone, Debug)]
@@ -262,10 +274,26 @@ impl MonitorRequest {
     }
 }
 
+impl TrainConfig {
+    /// The rules that need the model: stateful training carries a state,
+    /// which a bidirectional layer has not.
+    pub fn check_with_spec(&self, spec: &crate::nn::ModelSpec) -> Result<(), InvalidField> {
+        match spec.layers.iter().position(|l| l.bidirectional) {
+            Some(i) if self.stateful => Err(InvalidField::new(
+                "config.stateful",
+                format!("needs unidirectional layers: spec.layers[{i}] is bidirectional, and a bidirectional layer has no state to carry"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl TrainConfigRequest {
     /// Defaults: 10 epochs, batch 64, Adam(0.001, 0.9, 0.999, 1e-7) as
     /// Keras, no weight decay, no validation split, seed 0, shuffling on, no
-    /// clipping, no callbacks, a progress event about once a second.
+    /// clipping, no callbacks, a progress event about once a second, the
+    /// loss at every position (so the model answers prompts of any length
+    /// up to its window), not stateful.
     /// `has_validation_dataset` tells whether a separate validation dataset
     /// was given.
     pub fn resolve(
@@ -340,6 +368,16 @@ impl TrainConfigRequest {
             Some(e) => e.monitor,
             None => MonitorRequest::default().resolve("config", has_validation)?,
         };
+        let loss_positions = match self.loss_positions.as_deref() {
+            None | Some("") | Some("every") => LossPositions::Every,
+            Some("last") => LossPositions::Last,
+            Some(p) => {
+                return Err(InvalidField::new(
+                    "config.loss_positions",
+                    format!("must be every or last, got {p:?}"),
+                ))
+            }
+        };
         let progress_every_seconds = check_non_negative(
             "config.progress_every_seconds",
             self.progress_every_seconds.unwrap_or(1.0),
@@ -379,6 +417,8 @@ impl TrainConfigRequest {
             best_monitor,
             progress_every_batches: self.progress_every_batches.unwrap_or(0),
             progress_every_seconds,
+            loss_positions,
+            stateful: self.stateful.unwrap_or(false),
         })
     }
 }

@@ -1,7 +1,9 @@
 //! The training loop: shuffled mini-batches of windows, Adam/AdamW, softmax
 //! cross-entropy, metrics, validation, callbacks (early stopping,
 //! reduce-on-plateau, keep-best), gradient clipping, progress events and
-//! epoch checkpoints.
+//! epoch checkpoints. The loss scores the last position of each window or
+//! every position; stateful runs read parallel streams and carry the
+//! recurrent state from batch to batch (truncated BPTT), reset each epoch.
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
@@ -11,11 +13,11 @@ use rand_chacha::ChaCha8Rng;
 
 use super::adam::{Adam, AdamSettings};
 use super::checkpoint::{Checkpoint, RunState};
-use super::config::{Metric, Monitor, TrainConfig};
+use super::config::{LossPositions, Metric, Monitor, TrainConfig};
 use super::TrainError;
-use crate::data::Windows;
+use crate::data::{Streams, Windows};
 use crate::nn::metadata::EpochMetrics;
-use crate::nn::{initial_parameters, Dropout, ModelSpec, Network};
+use crate::nn::{initial_parameters, Dropout, LayerState, ModelSpec, Network};
 
 /// Running figures inside an epoch.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -59,7 +61,10 @@ pub enum StopReason {
 impl std::fmt::Display for StopReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StopReason::Completed { epochs } => write!(f, "completed {epochs} epochs"),
+            StopReason::Completed { epochs } => {
+                let unit = if *epochs == 1 { "epoch" } else { "epochs" };
+                write!(f, "completed {epochs} {unit}")
+            }
             StopReason::EarlyStopped {
                 epoch,
                 best_epoch,
@@ -112,18 +117,29 @@ pub struct TrainInput<'a> {
     pub resume: Option<Checkpoint>,
 }
 
-/// Sums of loss, top-1 and top-5 hits over some windows.
+/// Sums of loss, top-1 and top-5 hits over the scored positions of some
+/// windows.
 #[derive(Default)]
 struct Tally {
     loss_sum: f64,
     correct: f64,
     top5: f64,
+    /// Scored positions.
     samples: usize,
+    windows: usize,
 }
 
 impl Tally {
-    fn add(&mut self, logits: &Tensor, targets: &Tensor, loss: f64) -> candle_core::Result<()> {
+    /// `logits` [N, vocab] of `windows` windows against `targets` [N].
+    fn add(
+        &mut self,
+        logits: &Tensor,
+        targets: &Tensor,
+        loss: f64,
+        windows: usize,
+    ) -> candle_core::Result<()> {
         let n = targets.dim(0)?;
+        self.windows += windows;
         let correct = logits
             .argmax(1)?
             .eq(targets)?
@@ -163,16 +179,82 @@ impl Tally {
 fn batch_tensors(
     windows: &Windows,
     indices: &[usize],
+    positions: LossPositions,
     device: &Device,
     ids: &mut Vec<u32>,
     targets: &mut Vec<u32>,
 ) -> candle_core::Result<(Tensor, Tensor)> {
-    windows.gather(indices, ids, targets);
+    match positions {
+        LossPositions::Last => windows.gather(indices, ids, targets),
+        LossPositions::Every => windows.gather_every(indices, ids, targets),
+    }
     let n = indices.len();
     Ok((
         Tensor::from_slice(ids, (n, windows.window()), device)?,
-        Tensor::from_slice(targets, n, device)?,
+        Tensor::from_slice(targets, targets.len(), device)?,
     ))
+}
+
+/// Batch `k` of `streams` as tensors: ids [S, w], targets [S] or [S*w].
+fn stream_tensors(
+    streams: &Streams,
+    k: usize,
+    window: usize,
+    positions: LossPositions,
+    device: &Device,
+    ids: &mut Vec<u32>,
+    targets: &mut Vec<u32>,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    streams.gather(k, positions == LossPositions::Every, ids, targets);
+    Ok((
+        Tensor::from_slice(ids, (streams.streams(), window), device)?,
+        Tensor::from_slice(targets, targets.len(), device)?,
+    ))
+}
+
+/// Logits [N, vocab] of the scored positions, in the targets' order.
+fn flat_logits(logits: Tensor) -> candle_core::Result<Tensor> {
+    match logits.dims() {
+        &[b, t, v] => logits.reshape((b * t, v)),
+        _ => Ok(logits),
+    }
+}
+
+/// The scored logits of a batch of windows that each start from zeros.
+fn window_logits(
+    network: &Network,
+    x: &Tensor,
+    positions: LossPositions,
+    dropout: Option<&mut Dropout>,
+) -> candle_core::Result<Tensor> {
+    match positions {
+        LossPositions::Last => network.forward(x, dropout),
+        LossPositions::Every => flat_logits(network.forward_every(x, dropout)?),
+    }
+}
+
+/// The scored logits of a stateful batch from `carried` (zeros when
+/// None), which becomes the batch's final state, detached: gradients stop
+/// at the batch's start (truncated BPTT).
+fn carried_logits(
+    network: &Network,
+    x: &Tensor,
+    positions: LossPositions,
+    carried: &mut Option<Vec<LayerState>>,
+    dropout: Option<&mut Dropout>,
+) -> candle_core::Result<Tensor> {
+    let every = positions == LossPositions::Every;
+    let (logits, states) = network.forward_carried(x, carried.as_deref(), dropout, every)?;
+    *carried = Some(
+        states
+            .into_iter()
+            .map(|s| LayerState {
+                h: s.h.detach(),
+                c: s.c.map(|c| c.detach()),
+            })
+            .collect(),
+    );
+    flat_logits(logits)
 }
 
 /// A random stream for one purpose and epoch, derived from the seed, so
@@ -201,19 +283,130 @@ fn split_windows(count: usize, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usi
     (train, all)
 }
 
+/// Where the validation windows come from.
+enum Validation<'a> {
+    None,
+    /// Windows (by index) that start from zeros.
+    Windows(Windows<'a>, Vec<usize>),
+    /// Parallel streams read with the state carried.
+    Streams(Streams<'a>),
+}
+
+impl Validation<'_> {
+    fn is_none(&self) -> bool {
+        match self {
+            Validation::None => true,
+            Validation::Windows(_, indices) => indices.is_empty(),
+            Validation::Streams(s) => s.batches() == 0,
+        }
+    }
+}
+
+/// The training and validation data of a run.
+struct Data<'a> {
+    windows: Windows<'a>,
+    /// Stateful runs read these instead of `windows`.
+    streams: Streams<'a>,
+    train_idx: Vec<usize>,
+    validation: Validation<'a>,
+}
+
+/// Splits the data: random held-out windows, or for stateful runs the
+/// corpus's tail (a stream must stay whole); a separate validation stream
+/// when given.
+fn data<'a>(
+    spec: &ModelSpec,
+    config: &TrainConfig,
+    tokens: &'a [u32],
+    validation_tokens: Option<&'a [u32]>,
+) -> Result<Data<'a>, TrainError> {
+    let w = spec.window;
+    if let Err(e) = config.check_with_spec(spec) {
+        return Err(TrainError::NoData(e.to_string()));
+    }
+    let (tokens, tail) = match (config.stateful, validation_tokens) {
+        (true, None) if config.validation_split > 0.0 => {
+            let cut = ((tokens.len() as f64) * (1.0 - config.validation_split)).round() as usize;
+            (&tokens[..cut], Some(&tokens[cut..]))
+        }
+        _ => (tokens, validation_tokens),
+    };
+    let windows = Windows::new(tokens, w);
+    let streams = Streams::new(tokens, config.batch_size, w);
+    let (train_idx, validation) = match (config.stateful, validation_tokens) {
+        (true, _) => (
+            Vec::new(),
+            tail.map_or(Validation::None, |t| {
+                Validation::Streams(Streams::new(t, config.batch_size, w))
+            }),
+        ),
+        (false, Some(v)) => {
+            let v = Windows::new(v, w);
+            let indices = (0..v.len()).collect();
+            (
+                (0..windows.len()).collect(),
+                Validation::Windows(v, indices),
+            )
+        }
+        (false, None) => {
+            let (train, val) = split_windows(windows.len(), config.validation_split, config.seed);
+            (train, Validation::Windows(Windows::new(tokens, w), val))
+        }
+    };
+    let empty = if config.stateful {
+        streams.batches() == 0
+    } else {
+        train_idx.is_empty()
+    };
+    if empty {
+        return Err(TrainError::NoData(format!(
+            "the dataset has {} tokens, too few for one window of {w} plus its target",
+            tokens.len(),
+        )));
+    }
+    Ok(Data {
+        windows,
+        streams,
+        train_idx,
+        validation,
+    })
+}
+
 fn evaluate(
     network: &Network,
-    windows: &Windows,
-    indices: &[usize],
+    validation: &Validation,
+    positions: LossPositions,
     device: &Device,
 ) -> candle_core::Result<Tally> {
     let mut tally = Tally::default();
     let (mut ids, mut targets) = (Vec::new(), Vec::new());
-    for chunk in indices.chunks(1024) {
-        let (x, y) = batch_tensors(windows, chunk, device, &mut ids, &mut targets)?;
-        let logits = network.forward(&x, None)?;
-        let loss = crate::nn::fused::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64;
-        tally.add(&logits, &y, loss)?;
+    let mut score = |logits: Tensor, y: &Tensor, windows: usize| -> candle_core::Result<()> {
+        let loss = crate::nn::fused::cross_entropy(&logits, y)?.to_scalar::<f32>()? as f64;
+        tally.add(&logits, y, loss, windows)
+    };
+    match validation {
+        Validation::None => {}
+        Validation::Windows(windows, indices) => {
+            for chunk in indices.chunks(1024) {
+                let (x, y) =
+                    batch_tensors(windows, chunk, positions, device, &mut ids, &mut targets)?;
+                score(
+                    window_logits(network, &x, positions, None)?,
+                    &y,
+                    chunk.len(),
+                )?;
+            }
+        }
+        Validation::Streams(streams) => {
+            let mut carried = None;
+            let w = network.spec.window;
+            for k in 0..streams.batches() {
+                let (x, y) =
+                    stream_tensors(streams, k, w, positions, device, &mut ids, &mut targets)?;
+                let logits = carried_logits(network, &x, positions, &mut carried, None)?;
+                score(logits, &y, streams.streams())?;
+            }
+        }
     }
     Ok(tally)
 }
@@ -283,20 +476,13 @@ pub fn train(input: TrainInput, observer: &mut dyn TrainObserver) -> Result<Trai
         device,
         resume,
     } = input;
-    let windows = Windows::new(tokens, spec.window);
-    let val_windows = validation_tokens.map(|t| Windows::new(t, spec.window));
-    let (train_idx, val_idx) = match &val_windows {
-        Some(v) => ((0..windows.len()).collect(), (0..v.len()).collect()),
-        None => split_windows(windows.len(), config.validation_split, config.seed),
-    };
-    let val_windows = val_windows.as_ref().unwrap_or(&windows);
-    if train_idx.is_empty() {
-        return Err(TrainError::NoData(format!(
-            "the dataset has {} tokens, too few for one window of {} plus its target",
-            tokens.len(),
-            spec.window
-        )));
-    }
+    let positions = config.loss_positions;
+    let Data {
+        windows,
+        streams,
+        train_idx,
+        validation,
+    } = data(spec, config, tokens, validation_tokens)?;
     let initial = match &resume {
         Some(cp) => cp.parameters.clone(),
         None => initial_parameters(spec, config.seed, device)?,
@@ -342,7 +528,11 @@ pub fn train(input: TrainInput, observer: &mut dyn TrainObserver) -> Result<Trai
             None,
         ),
     };
-    let batches = train_idx.len().div_ceil(config.batch_size) as u32;
+    let batches = if config.stateful {
+        streams.batches()
+    } else {
+        train_idx.len().div_ceil(config.batch_size)
+    } as u32;
     let started = Instant::now();
     let first_epoch = state.epoch + 1;
     let (mut ids, mut targets) = (Vec::new(), Vec::new());
@@ -362,14 +552,29 @@ pub fn train(input: TrainInput, observer: &mut dyn TrainObserver) -> Result<Trai
         }
         let mut dropout = Dropout::from_rng(stream(config.seed, DROPOUT, epoch));
         let mut tally = Tally::default();
-        for (b, chunk) in order.chunks(config.batch_size).enumerate() {
+        // Stateful streams start every epoch from zeros.
+        let mut carried = None;
+        for b in 0..batches as usize {
             let batch = b as u32 + 1;
             if observer.cancelled() {
                 return Err(TrainError::Cancelled);
             }
             let non_finite = |what: String| TrainError::NonFinite { epoch, batch, what };
-            let (x, y) = batch_tensors(&windows, chunk, device, &mut ids, &mut targets)?;
-            let logits = network.forward(&x, Some(&mut dropout))?;
+            let (logits, y, in_batch) = if config.stateful {
+                let w = spec.window;
+                let (x, y) =
+                    stream_tensors(&streams, b, w, positions, device, &mut ids, &mut targets)?;
+                let d = Some(&mut dropout);
+                let logits = carried_logits(&network, &x, positions, &mut carried, d)?;
+                (logits, y, streams.streams())
+            } else {
+                let lo = b * config.batch_size;
+                let chunk = &order[lo..(lo + config.batch_size).min(order.len())];
+                let (x, y) =
+                    batch_tensors(&windows, chunk, positions, device, &mut ids, &mut targets)?;
+                let logits = window_logits(&network, &x, positions, Some(&mut dropout))?;
+                (logits, y, chunk.len())
+            };
             let loss = crate::nn::fused::cross_entropy(&logits, &y)?;
             let loss_value = loss.to_scalar::<f32>()? as f64;
             if !loss_value.is_finite() {
@@ -386,7 +591,7 @@ pub fn train(input: TrainInput, observer: &mut dyn TrainObserver) -> Result<Trai
                 1.0
             };
             adam.step(&grads, scale)?;
-            tally.add(&logits, &y, loss_value)?;
+            tally.add(&logits, &y, loss_value, in_batch)?;
             let by_count = config.progress_every_batches > 0
                 && batch.is_multiple_of(config.progress_every_batches);
             let by_time = config.progress_every_seconds > 0.0
@@ -403,7 +608,7 @@ pub fn train(input: TrainInput, observer: &mut dyn TrainObserver) -> Result<Trai
                     loss: tally.loss(),
                     accuracy: tally.accuracy(),
                     learning_rate: adam.settings.learning_rate,
-                    samples_per_second: tally.samples as f64 / epoch_start.elapsed().as_secs_f64(),
+                    samples_per_second: tally.windows as f64 / epoch_start.elapsed().as_secs_f64(),
                     elapsed_seconds: elapsed,
                     eta_seconds: elapsed / done * ((config.epochs - first_epoch + 1) as f64 - done),
                 }));
@@ -416,12 +621,14 @@ pub fn train(input: TrainInput, observer: &mut dyn TrainObserver) -> Result<Trai
                 what: format!("weights of {name} became NaN or infinite"),
             });
         }
-        let epoch_seconds = epoch_start.elapsed().as_secs_f64();
-        let val = if val_idx.is_empty() {
+        let train_seconds = epoch_start.elapsed().as_secs_f64();
+        let val = if validation.is_none() {
             None
         } else {
-            Some(evaluate(&network, val_windows, &val_idx, device)?)
+            Some(evaluate(&network, &validation, positions, device)?)
         };
+        // The epoch's time includes its validation, as batch events' does.
+        let epoch_seconds = epoch_start.elapsed().as_secs_f64();
         let metrics = EpochMetrics {
             epoch,
             loss: tally.loss(),
@@ -433,7 +640,7 @@ pub fn train(input: TrainInput, observer: &mut dyn TrainObserver) -> Result<Trai
             val_top5_accuracy: val.as_ref().map(Tally::top5_accuracy),
             val_perplexity: val.as_ref().map(|v| v.loss().exp()),
             learning_rate: adam.settings.learning_rate,
-            samples_per_second: tally.samples as f64 / epoch_seconds,
+            samples_per_second: tally.windows as f64 / train_seconds,
             elapsed_seconds: state.history.last().map_or(0.0, |m| m.elapsed_seconds)
                 + epoch_seconds,
         };

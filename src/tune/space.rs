@@ -114,12 +114,14 @@ impl Hyperparameters {
             }
             config.batch_size = b;
         }
-        spec.validate(limits).map_err(|e| {
+        let trial = |e: InvalidField| {
             InvalidField::new(
                 format!("search_space (trial {:?}): {}", self.pairs(), e.field),
                 e.rule,
             )
-        })?;
+        };
+        spec.validate(limits).map_err(trial)?;
+        config.check_with_spec(&spec).map_err(trial)?;
         Ok((spec, config))
     }
 }
@@ -135,7 +137,10 @@ fn check(
         |v: f64| v.is_finite() && v >= lo && v <= hi && (kind != Kind::Integer || v.fract() == 0.0);
     let rule = match kind {
         Kind::Integer => format!("integers in {lo}..={hi}"),
-        _ => format!("numbers in [{lo}, {hi}]"),
+        // Exclusive bound: a log-uniform range must stay above zero (its
+        // smallest allowed value, f64::MIN_POSITIVE, would print 300 digits).
+        Kind::LogUniform => format!("numbers in (0, {hi}]"),
+        Kind::Uniform => format!("numbers in [{lo}, {hi}]"),
     };
     match param {
         None => Ok(()),
@@ -177,10 +182,24 @@ fn draw(param: &Param, kind: Kind, rng: &mut ChaCha8Rng) -> f64 {
         Param::Choices(c) => c[rng.random_range(0..c.len())],
         Param::Range { min, max } => match kind {
             Kind::Integer => rng.random_range(*min as i64..=*max as i64) as f64,
-            Kind::LogUniform => (min.ln() + rng.random::<f64>() * (max.ln() - min.ln())).exp(),
-            Kind::Uniform => min + rng.random::<f64>() * (max - min),
+            Kind::LogUniform => significant(
+                (min.ln() + rng.random::<f64>() * (max.ln() - min.ln())).exp(),
+                (*min, *max),
+            ),
+            Kind::Uniform => significant(min + rng.random::<f64>() * (max - min), (*min, *max)),
         },
     }
+}
+
+/// A draw from a continuous range kept to 3 significant digits (within the
+/// range): the value trained with is the one printed and stored, `5.37e-3`,
+/// not `5.3687088881477175e-3`.
+fn significant(v: f64, (min, max): (f64, f64)) -> f64 {
+    if v == 0.0 || !v.is_finite() {
+        return v;
+    }
+    let rounded: f64 = format!("{v:.2e}").parse().unwrap_or(v);
+    rounded.clamp(min, max)
 }
 
 impl SearchSpace {

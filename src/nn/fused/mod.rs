@@ -19,7 +19,7 @@ pub mod threads;
 
 pub use inference::{Engine, StepState};
 pub use loss::cross_entropy;
-pub use op::network_forward;
+pub use op::{network_forward, network_forward_carried, network_forward_every};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -3,15 +3,18 @@
 //! `cat` of the named tensors, whose backward hands each its gradient).
 //! Inside, the embedding lookup, every recurrent layer (all directions,
 //! all steps), the dropout masks and the dense layer run on plain slices,
-//! time-major; the forward keeps what the backward needs.
+//! time-major; the forward keeps what the backward needs. The output is the
+//! logits after the last token, or after every token (every-position
+//! training: the dense layer then reads every step and the last layer's
+//! backward gets an output gradient at every step).
 use std::sync::Mutex;
 
 use candle_core::{bail, CpuStorage, CustomOp2, Device, Layout, Result, Shape, Storage, Tensor};
 
 use super::matmul::{product, threads_for, Mat, MatMut};
-use super::sequence::{self, Dims, Mode, State};
+use super::sequence::{self, Dims, Initial, Mode, State};
 use super::threads;
-use crate::nn::recurrent::RecurrentLayer;
+use crate::nn::recurrent::{LayerState, RecurrentLayer};
 use crate::nn::{Dropout, Network};
 
 /// The layer's parameters in the packed order `sequence` expects.
@@ -51,11 +54,102 @@ pub fn network_forward(
     ids: &Tensor,
     dropout: Option<&mut Dropout>,
 ) -> Result<Tensor> {
+    network_op(net, ids, dropout, false)
+}
+
+/// Logits [B, T, vocab] after every token of `ids` u32 [B, T]; for
+/// unidirectional networks (a reverse direction would read ahead).
+pub fn network_forward_every(
+    net: &Network,
+    ids: &Tensor,
+    dropout: Option<&mut Dropout>,
+) -> Result<Tensor> {
+    if !net.is_stateful() {
+        bail!("fused network: every-position logits need unidirectional layers");
+    }
+    network_op(net, ids, dropout, true)
+}
+
+fn network_op(
+    net: &Network,
+    ids: &Tensor,
+    dropout: Option<&mut Dropout>,
+    every: bool,
+) -> Result<Tensor> {
+    network_op_from(net, ids, dropout, every, None, None)
+}
+
+/// Stateful training's forward through the fused kernels (unidirectional
+/// networks): logits after every token ([B, T, vocab]) or the last ([B,
+/// vocab]), continuing from `init` (one state per layer, [B, H] each;
+/// zeros when None), and the states after the last token. The gradient
+/// stops at `init` (truncated BPTT).
+pub fn network_forward_carried(
+    net: &Network,
+    ids: &Tensor,
+    init: Option<&[LayerState]>,
+    dropout: Option<&mut Dropout>,
+    every: bool,
+) -> Result<(Tensor, Vec<LayerState>)> {
+    if !net.is_stateful() {
+        bail!("fused network: only unidirectional layers carry state");
+    }
+    let init = match init {
+        None => None,
+        Some(states) => Some(
+            states
+                .iter()
+                .map(|st| {
+                    let c = st.c.as_ref().map(|c| c.flatten_all()?.to_vec1::<f32>());
+                    Ok(Carry {
+                        h: st.h.flatten_all()?.to_vec1::<f32>()?,
+                        c: c.transpose()?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
+        ),
+    };
+    let finals = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let logits = network_op_from(net, ids, dropout, every, init, Some(finals.clone()))?;
+    let batch = ids.dim(0)?;
+    let finals = std::mem::take(&mut *finals.lock().unwrap_or_else(|e| e.into_inner()));
+    let states = finals
+        .into_iter()
+        .zip(&net.spec.layers)
+        .map(|(f, l)| {
+            let c =
+                f.c.map(|c| Tensor::from_vec(c, (batch, l.units), &Device::Cpu));
+            Ok(LayerState {
+                h: Tensor::from_vec(f.h, (batch, l.units), &Device::Cpu)?,
+                c: c.transpose()?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((logits, states))
+}
+
+/// One layer's carried state as plain vectors: h and, for LSTMs, c, [B, H].
+#[derive(Clone, Debug, Default)]
+struct Carry {
+    h: Vec<f32>,
+    c: Option<Vec<f32>>,
+}
+
+type Finals = std::sync::Arc<Mutex<Vec<Carry>>>;
+
+fn network_op_from(
+    net: &Network,
+    ids: &Tensor,
+    dropout: Option<&mut Dropout>,
+    every: bool,
+    init: Option<Vec<Carry>>,
+    finals: Option<Finals>,
+) -> Result<Tensor> {
     let (batch, steps) = ids.dims2()?;
     if steps == 0 {
         bail!("fused network: the sequences are empty");
     }
-    let shape = NetShape::new(net, batch, steps);
+    let shape = NetShape::new(net, batch, steps, every);
     let masks = Masks::draw(net, &shape, dropout);
     let params = pack_network(net)?;
     ids.to_dtype(candle_core::DType::U32)?
@@ -66,6 +160,8 @@ pub fn network_forward(
                 shape,
                 masks,
                 saved: Mutex::new(None),
+                init,
+                finals,
             },
         )
 }
@@ -74,6 +170,8 @@ pub fn network_forward(
 struct NetShape {
     batch: usize,
     steps: usize,
+    /// Logits after every token ([B, T, vocab]), not only the last.
+    every: bool,
     vocab: usize,
     embedding_dim: usize,
     layers: Vec<Dims>,
@@ -83,7 +181,7 @@ struct NetShape {
 }
 
 impl NetShape {
-    fn new(net: &Network, batch: usize, steps: usize) -> Self {
+    fn new(net: &Network, batch: usize, steps: usize, every: bool) -> Self {
         let spec = &net.spec;
         let mut input = spec.embedding_dim;
         let mut offset = spec.vocab_size * spec.embedding_dim;
@@ -110,6 +208,7 @@ impl NetShape {
         Self {
             batch,
             steps,
+            every,
             vocab: spec.vocab_size,
             embedding_dim: spec.embedding_dim,
             layers,
@@ -119,6 +218,15 @@ impl NetShape {
 
     fn width(&self) -> usize {
         self.layers.last().map_or(self.embedding_dim, Dims::width)
+    }
+
+    /// Rows of the dense layer's input: B, or T*B (time-major) with every.
+    fn dense_rows(&self) -> usize {
+        if self.every {
+            self.steps * self.batch
+        } else {
+            self.batch
+        }
     }
 
     fn layer_params<'a>(&self, params: &'a [f32], i: usize) -> &'a [f32] {
@@ -141,7 +249,8 @@ impl NetShape {
 }
 
 /// Dropout masks of one training step, laid out like the tensors they
-/// scale (time-major inside the network, [B, W] after the last layer).
+/// scale (time-major inside the network, [B, W] after the last layer
+/// unless every step goes on to the dense layer).
 struct Masks {
     embedding: Option<Vec<f32>>,
     layers: Vec<Option<Vec<f32>>>,
@@ -165,7 +274,7 @@ impl Masks {
             .zip(&shape.layers)
             .enumerate()
             .map(|(i, (l, dims))| {
-                if i < last {
+                if i < last || shape.every {
                     d.time_major_mask(b, t, dims.width(), l.dropout)
                 } else {
                     d.batch_mask(b * dims.width(), l.dropout)
@@ -189,7 +298,8 @@ struct Saved {
     /// previous layer's hidden states as they are (no dropout between).
     inputs: Vec<Option<Vec<f32>>>,
     states: Vec<State>,
-    /// The dense layer's input [B, W] (final states, dropout applied).
+    /// The dense layer's input, dropout applied: [B, W] (final states) or,
+    /// with every, [T, B, W] (every state).
     last: Vec<f32>,
 }
 
@@ -197,6 +307,10 @@ struct NetworkOp {
     shape: NetShape,
     masks: Masks,
     saved: Mutex<Option<Saved>>,
+    /// The state each layer starts from (zeros when None).
+    init: Option<Vec<Carry>>,
+    /// Where the forward leaves each layer's state after the last token.
+    finals: Option<Finals>,
 }
 
 /// Buffers of finished backward passes, for the next forwards: saves
@@ -225,6 +339,18 @@ fn recycle(state: State) {
     }
 }
 
+/// `[outer, inner, row]` -> `[inner, outer, row]` (batch-major <->
+/// time-major).
+fn swap_major(src: &[f32], outer: usize, inner: usize, row: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; src.len()];
+    for (o, block) in src.chunks_exact(inner * row).enumerate() {
+        for (i, r) in block.chunks_exact(row).enumerate() {
+            out[(i * outer + o) * row..][..row].copy_from_slice(r);
+        }
+    }
+    out
+}
+
 /// The f32 elements of a contiguous CPU storage.
 pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
@@ -246,7 +372,34 @@ pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Re
     }
 }
 
+/// A unidirectional layer's state after its last step: h, and c (the
+/// first H floats of each row's extra block) for an LSTM.
+fn final_state(d: &Dims, state: &State) -> Carry {
+    let (b, h) = (d.batch, d.units);
+    let last = d.steps - 1;
+    let c = (d.cell == crate::nn::Cell::Lstm).then(|| {
+        let eh = d.extra_width();
+        let rows = &state.extra[0][last * b * eh..];
+        rows.chunks_exact(eh)
+            .flat_map(|r| &r[..h])
+            .copied()
+            .collect()
+    });
+    Carry {
+        h: state.h[last * b * h..].to_vec(),
+        c,
+    }
+}
+
 impl NetworkOp {
+    /// Layer `i`'s initial state, if it does not start from zeros.
+    fn initial(&self, i: usize) -> Option<Initial<'_>> {
+        self.init.as_ref().map(|v| Initial {
+            h: &v[i].h,
+            c: v[i].c.as_deref(),
+        })
+    }
+
     fn forward(&self, ids: &[u32], params: &[f32]) -> Result<(Vec<f32>, Saved)> {
         let s = &self.shape;
         let (b, t, e, v) = (s.batch, s.steps, s.embedding_dim, s.vocab);
@@ -273,7 +426,12 @@ impl NetworkOp {
                     Some(x) => x,
                     None => &states[i - 1].h,
                 };
-                sequence::forward(d, x, &weights, &mut state, Mode::Train);
+                let init = self.initial(i);
+                sequence::forward_from(d, x, &weights, &mut state, Mode::Train, init);
+            }
+            if let Some(finals) = &self.finals {
+                let carry = final_state(d, &state);
+                finals.lock().unwrap_or_else(|e| e.into_inner()).push(carry);
             }
             states.push(state);
             if i + 1 < s.layers.len() {
@@ -285,29 +443,37 @@ impl NetworkOp {
             }
         }
         let last_dims = s.layers.last().expect("a network has layers");
+        let last_h = &states[s.layers.len() - 1].h;
         let mut last = Vec::new();
-        sequence::last_states(last_dims, &states[s.layers.len() - 1].h, &mut last);
+        if s.every {
+            last.extend_from_slice(last_h);
+        } else {
+            sequence::last_states(last_dims, last_h, &mut last);
+        }
         scale(&mut last, self.masks.layers.last().and_then(Option::as_ref));
         // Dense layer: logits = last W^T + bias.
-        let w = s.width();
+        let (w, rows) = (s.width(), s.dense_rows());
         let dense_t = sequence::transpose(s.dense_weight(params), v, w);
-        let mut logits = Vec::with_capacity(b * v);
-        for _ in 0..b {
+        let mut logits = Vec::with_capacity(rows * v);
+        for _ in 0..rows {
             logits.extend_from_slice(s.dense_bias(params));
         }
         let all = threads::threads();
         // SAFETY: shapes as named; the buffers are distinct.
         unsafe {
             product(
-                b,
+                rows,
                 v,
                 w,
                 MatMut::rows(&mut logits, v),
                 true,
                 Mat::rows(&last, w),
                 Mat::rows(&dense_t, v),
-                threads_for(b, v, w, all),
+                threads_for(rows, v, w, all),
             );
+        }
+        if s.every {
+            logits = swap_major(&logits, t, b, v);
         }
         Ok((
             logits,
@@ -323,34 +489,44 @@ impl NetworkOp {
     fn backward(&self, params: &[f32], saved: &mut Saved, dlogits: &[f32]) -> Result<Vec<f32>> {
         let s = &self.shape;
         let (b, t, e, v, w) = (s.batch, s.steps, s.embedding_dim, s.vocab, s.width());
+        let rows = s.dense_rows();
+        // Every-position gradients come batch-major; the dense input is
+        // time-major.
+        let time_major;
+        let dlogits = if s.every {
+            time_major = swap_major(dlogits, b, t, v);
+            &time_major[..]
+        } else {
+            dlogits
+        };
         let all = threads::threads();
         let mut grads = vec![0.0f32; s.param_len()];
         let n = s.layers.len();
         // Dense layer.
         let (head, tail) = grads.split_at_mut(s.offsets[n]);
         let (d_dense_w, d_dense_b) = tail.split_at_mut(v * w);
-        let mut dy = vec![0.0f32; b * w];
+        let mut dy = vec![0.0f32; rows * w];
         // SAFETY: shapes as named; the buffers are distinct.
         unsafe {
             product(
                 v,
                 w,
-                b,
+                rows,
                 MatMut::rows(d_dense_w, w),
                 false,
                 Mat::rows(dlogits, v).t(),
                 Mat::rows(&saved.last, w),
-                threads_for(v, w, b, all),
+                threads_for(v, w, rows, all),
             );
             product(
-                b,
+                rows,
                 w,
                 v,
                 MatMut::rows(&mut dy, w),
                 false,
                 Mat::rows(dlogits, v),
                 Mat::rows(s.dense_weight(params), w),
-                threads_for(b, w, v, all),
+                threads_for(rows, w, v, all),
             );
         }
         for row in dlogits.chunks_exact(v) {
@@ -358,7 +534,7 @@ impl NetworkOp {
         }
         scale(&mut dy, self.masks.layers.last().and_then(Option::as_ref));
         // Layers, last to first; dy becomes each layer's input gradient.
-        let mut dy_seq = false;
+        let mut dy_seq = s.every;
         for i in (0..n).rev() {
             let d = &s.layers[i];
             let (before, rest) = head.split_at_mut(s.offsets[i]);
@@ -383,6 +559,7 @@ impl NetworkOp {
                     dy_seq,
                     &mut dx,
                     dparams,
+                    self.initial(i),
                 );
                 state.h = hs;
             }
@@ -435,7 +612,12 @@ impl CustomOp2 for NetworkOp {
         }
         let (logits, saved) = self.forward(ids, params)?;
         *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(saved);
-        Ok((CpuStorage::F32(logits), Shape::from((s.batch, s.vocab))))
+        let shape = if s.every {
+            Shape::from((s.batch, s.steps, s.vocab))
+        } else {
+            Shape::from((s.batch, s.vocab))
+        };
+        Ok((CpuStorage::F32(logits), shape))
     }
 
     fn bwd(

@@ -463,10 +463,12 @@ pub fn last_states(d: &Dims, hs: &[f32], out: &mut Vec<f32>) {
     }
 }
 
-/// Backward of [`forward`]. `hs` is the forward's hidden states [T, B, W];
-/// `dy` the output gradient, [T, B, W] when `dy_seq`, else [B, W] (final
-/// states). Consumes `state`'s gates and extra (they become gradients).
-/// Writes `dx` [T, B, I] and `dparams` (packed like the parameters).
+/// Backward of [`forward_from`]. `hs` is the forward's hidden states [T,
+/// B, W]; `dy` the output gradient, [T, B, W] when `dy_seq`, else [B, W]
+/// (final states); `init` the state the forward started from (a constant:
+/// no gradient flows into it, truncated BPTT). Consumes `state`'s gates and
+/// extra (they become gradients). Writes `dx` [T, B, I] and `dparams`
+/// (packed like the parameters).
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     d: &Dims,
@@ -478,6 +480,7 @@ pub fn backward(
     dy_seq: bool,
     dx: &mut [f32],
     dparams: &mut [f32],
+    init: Option<Initial>,
 ) {
     let (t_len, b, gh, h, w, eh) = (
         d.steps,
@@ -526,6 +529,7 @@ pub fn backward(
                 dy,
                 dy_seq,
                 &zeros,
+                init,
             )
         }
     });
@@ -596,6 +600,10 @@ pub fn backward(
                 }
             }
         }
+        if let Some(i) = init {
+            // The first step pairs with the carried state.
+            first_step_w_hh(d, gates, extra, i.h, g.w_hh, all);
+        }
         column_sums(gates, gh, g.b_ih);
         match d.cell {
             Cell::Gru => {
@@ -619,6 +627,33 @@ pub fn backward(
     }
 }
 
+/// Adds the first step's share of the `W_hh` gradient: its gate gradients
+/// (for a GRU: rows r, z, and h_n's for row n) times the carried `h0` [B, H].
+fn first_step_w_hh(
+    d: &Dims,
+    gates: &[f32],
+    extra: &[f32],
+    h0: &[f32],
+    w_hh: &mut [f32],
+    all: usize,
+) {
+    let (b, gh, h, eh) = (d.batch, d.gate_width(), d.units, d.extra_width());
+    let h_prev = Mat::rows(h0, h);
+    let kt = threads_for(gh, h, b, all);
+    let da = Mat::rows(gates, gh).t();
+    // SAFETY: the views cover the first step's B rows; w_hh is distinct.
+    unsafe {
+        if d.cell == Cell::Gru {
+            let (w_rz, w_n) = w_hh.split_at_mut(2 * h * h);
+            let dn = Mat::rows(extra, eh).t();
+            product(2 * h, h, b, MatMut::rows(w_rz, h), true, da, h_prev, kt);
+            product(h, h, b, MatMut::rows(w_n, h), true, dn, h_prev, kt);
+        } else {
+            product(gh, h, b, MatMut::rows(w_hh, h), true, da, h_prev, kt);
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 unsafe fn backward_block(
     d: &Dims,
@@ -633,6 +668,7 @@ unsafe fn backward_block(
     dy: &[f32],
     dy_seq: bool,
     zeros: &[f32],
+    init: Option<Initial>,
 ) {
     let (b, gh, h, w, eh) = (d.batch, d.gate_width(), d.units, d.width(), d.extra_width());
     let rows = r1 - r0;
@@ -657,9 +693,10 @@ unsafe fn backward_block(
         let e = extra.0.add((t * b + r0) * eh);
         match d.cell {
             Cell::Lstm => {
-                let (c_prev, c_ld) = match prev {
-                    Some(tp) => (extra.0.add((tp * b + r0) * eh) as *const f32, eh),
-                    None => (zeros.as_ptr(), 0),
+                let (c_prev, c_ld) = match (prev, init.and_then(|i| i.c)) {
+                    (Some(tp), _) => (extra.0.add((tp * b + r0) * eh) as *const f32, eh),
+                    (None, Some(c)) => (c.as_ptr().add(r0 * h), h),
+                    (None, None) => (zeros.as_ptr(), 0),
                 };
                 lstm::backward_rows(
                     rows,
@@ -689,9 +726,10 @@ unsafe fn backward_block(
                 }
             }
             Cell::Gru => {
-                let (hp, hp_ld) = match prev {
-                    Some(tp) => (hs[(tp * b + r0) * w + dir * h..].as_ptr(), w),
-                    None => (zeros.as_ptr(), 0),
+                let (hp, hp_ld) = match (prev, init) {
+                    (Some(tp), _) => (hs[(tp * b + r0) * w + dir * h..].as_ptr(), w),
+                    (None, Some(i)) => (i.h.as_ptr().add(r0 * h), h),
+                    (None, None) => (zeros.as_ptr(), 0),
                 };
                 gru::backward_rows(
                     rows,
