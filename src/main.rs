@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use lstmd::cli::app::{self, Command};
+use lstmd::app::{self, Command};
 use lstmd::config::{LogFormat, ServeArgs};
 
 fn main() -> ExitCode {

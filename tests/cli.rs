@@ -891,7 +891,7 @@ fn every_argument_has_help_text() {
             walk(sub, &format!("{path} {}", sub.get_name()), missing);
         }
     }
-    let mut cmd = lstmd::cli::app::command();
+    let mut cmd = lstmd::app::command();
     cmd.build();
     let mut missing = Vec::new();
     walk(&cmd, "lstmd", &mut missing);

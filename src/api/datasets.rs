@@ -1,4 +1,5 @@
 //! DatasetService.
+use crate::api::status::{IntoStatus, OrStatus};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -231,7 +232,9 @@ impl DatasetService for DatasetApi {
                 None => return Err(Status::invalid_argument("data must be set: ids or text")),
             };
         let datasets = Arc::clone(&self.datasets);
-        let record = blocking(move || datasets.create(&r.name, input)).await??;
+        let record = blocking(move || datasets.create(&r.name, input))
+            .await?
+            .or_status()?;
         tracing::info!(id = %record.id, name = %record.name, tokens = record.token_count, "dataset created");
         Ok(Response::new(dataset_to_proto(&record)))
     }
@@ -271,7 +274,9 @@ impl DatasetService for DatasetApi {
         };
         let name = header.name.clone();
         let datasets = Arc::clone(&self.datasets);
-        let upload = blocking(move || datasets.begin_upload(header)).await??;
+        let upload = blocking(move || datasets.begin_upload(header))
+            .await?
+            .or_status()?;
         // Two chunks may wait while one is written: memory stays a few
         // chunks, whatever the corpus size.
         let (tx, rx) = mpsc::channel(2);
@@ -335,7 +340,7 @@ impl DatasetService for DatasetApi {
         match (refused, outcome) {
             (_, Err(e)) => {
                 tracing::info!(name = %name, error = %e, "upload refused");
-                Err(e.into())
+                Err(e.into_status())
             }
             (Some(status), _) => {
                 tracing::info!(name = %name, status = %status, "upload ended early");
@@ -357,7 +362,7 @@ impl DatasetService for DatasetApi {
     ) -> Result<Response<pb::Dataset>, Status> {
         let id = request.into_inner().id;
         let datasets = Arc::clone(&self.datasets);
-        let record = blocking(move || datasets.get(&id)).await??;
+        let record = blocking(move || datasets.get(&id)).await?.or_status()?;
         Ok(Response::new(dataset_to_proto(&record)))
     }
 
@@ -366,7 +371,7 @@ impl DatasetService for DatasetApi {
         _request: Request<pb::ListDatasetsRequest>,
     ) -> Result<Response<pb::ListDatasetsResponse>, Status> {
         let datasets = Arc::clone(&self.datasets);
-        let all = blocking(move || datasets.list()).await??;
+        let all = blocking(move || datasets.list()).await?.or_status()?;
         Ok(Response::new(pb::ListDatasetsResponse {
             datasets: all.iter().map(dataset_to_proto).collect(),
         }))
@@ -379,8 +384,8 @@ impl DatasetService for DatasetApi {
         let id = request.into_inner().id;
         let datasets = Arc::clone(&self.datasets);
         let lookup = id.clone();
-        blocking(move || datasets.get(&lookup)).await??;
-        if let Some(jobs) = self.jobs.datasets_in_use().await?.get(&id) {
+        blocking(move || datasets.get(&lookup)).await?.or_status()?;
+        if let Some(jobs) = self.jobs.datasets_in_use().await.or_status()?.get(&id) {
             return Err(Status::failed_precondition(format!(
                 "dataset {id} is used by queued or running jobs ({}); delete it once they have ended",
                 jobs.join(", ")
@@ -389,7 +394,7 @@ impl DatasetService for DatasetApi {
         // A job created between this check and the delete fails when it
         // starts, with NOT_FOUND for the dataset, in its record.
         let datasets = Arc::clone(&self.datasets);
-        let record = blocking(move || datasets.delete(&id)).await??;
+        let record = blocking(move || datasets.delete(&id)).await?.or_status()?;
         tracing::info!(id = %record.id, name = %record.name, "dataset deleted");
         Ok(Response::new(pb::DeleteDatasetResponse {}))
     }

@@ -6,6 +6,7 @@
 //! `[batch, k]`, answered in `raw_output_contents` (what tritonclient's
 //! `as_numpy` reads). A version is a number, a label, or empty for the
 //! latest.
+use crate::api::status::OrStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -123,7 +124,8 @@ impl GrpcInferenceService for InferenceApi {
             ))
         })
         .await
-        .map_err(|e| Status::internal(e.to_string()))??;
+        .map_err(|e| Status::internal(e.to_string()))?
+        .or_status()?;
         let meta = meta.ok_or_else(|| self.not_found(&r.name, &selector(&r.version)))?;
         let info = ModelInfo::from_map(&meta.rest).map_err(|e| {
             Status::internal(format!(
@@ -156,7 +158,8 @@ impl GrpcInferenceService for InferenceApi {
         let (model, probs) = self
             .predictor
             .distributions(&r.model_name, &selector, sequences)
-            .await?;
+            .await
+            .or_status()?;
         let vocab = model.info.spec.vocab_size;
         let batch = probs.len() as i64;
         let k = k.map(|k| k.min(vocab));
@@ -223,7 +226,8 @@ impl InferenceApi {
             return Err(self.not_found(name, selector));
         }
         self.registry
-            .resolve(name, selector)?
+            .resolve(name, selector)
+            .or_status()?
             .ok_or_else(|| self.not_found(name, selector))
     }
 }

@@ -1,4 +1,5 @@
 //! JobService.
+use crate::api::status::OrStatus;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -80,7 +81,7 @@ impl JobApi {
             .map_err(|e| Status::internal(e.to_string()))?
         {
             Err(DataError::NotFound(_)) => Err(not_found()),
-            other => Ok(other?),
+            other => Ok(other.or_status()?),
         }
     }
 
@@ -102,13 +103,15 @@ impl JobApi {
             }
             Some(v)
         };
-        let spec_req = spec_request(r.spec)?;
+        let spec_req = spec_request(r.spec).or_status()?;
         let mut config_req = config_request(r.config);
         // The tutorial's `tuning` model lowers the learning rate explicitly.
         if spec_req.preset.as_deref() == Some("tuning") && config_req.learning_rate.is_none() {
             config_req.learning_rate = Some(0.001);
         }
-        let spec = spec_req.resolve(Some(dataset.vocab_size), &self.spec_limits)?;
+        let spec = spec_req
+            .resolve(Some(dataset.vocab_size), &self.spec_limits)
+            .or_status()?;
         // A text model's outputs are its vocabulary's entries, one each (the
         // rule ImportModel checks too, so an export always imports).
         if dataset.vocabulary.is_some() && spec.vocab_size != dataset.vocab_size {
@@ -117,11 +120,13 @@ impl JobApi {
                 dataset.vocab_size, dataset.id, spec.vocab_size
             )));
         }
-        let config = config_req.resolve(&self.train_limits, validation.is_some())?;
-        config.check_with_spec(&spec)?;
+        let config = config_req
+            .resolve(&self.train_limits, validation.is_some())
+            .or_status()?;
+        config.check_with_spec(&spec).or_status()?;
         // Required, as the proto says: a job never picks a name by itself.
         let model_name = r.model_name;
-        check_name("model_name", &model_name)?;
+        check_name("model_name", &model_name).or_status()?;
         for (field, d) in std::iter::once(("dataset_id", &dataset))
             .chain(validation.iter().map(|v| ("validation_dataset_id", v)))
         {
@@ -159,43 +164,48 @@ impl JobApi {
             ));
         }
         let space = search_space(r.search_space.clone().unwrap_or_default())?;
-        space.validate(&self.spec_limits, self.train_limits.max_batch_size)?;
-        let strategy = Strategy::parse(&r.strategy)?;
+        space
+            .validate(&self.spec_limits, self.train_limits.max_batch_size)
+            .or_status()?;
+        let strategy = Strategy::parse(&r.strategy).or_status()?;
         let max_trials = if r.max_trials == 0 { 10 } else { r.max_trials };
-        let max_trials = check_range("max_trials", max_trials, 1, MAX_TRIALS)? as usize;
+        let max_trials = check_range("max_trials", max_trials, 1, MAX_TRIALS).or_status()? as usize;
         let parallel = if r.parallel_trials == 0 {
             1
         } else {
             r.parallel_trials
         };
-        let parallel_trials = check_range("parallel_trials", parallel, 1, MAX_TRIALS)? as usize;
+        let parallel_trials =
+            check_range("parallel_trials", parallel, 1, MAX_TRIALS).or_status()? as usize;
         let max_epochs = if r.max_epochs == 0 {
             base.config.epochs
         } else {
             r.max_epochs
         };
-        let max_epochs = check_range("max_epochs", max_epochs, 1, self.train_limits.max_epochs)?;
+        let max_epochs =
+            check_range("max_epochs", max_epochs, 1, self.train_limits.max_epochs).or_status()?;
         let eta = if r.reduction_factor == 0 {
             3
         } else {
             r.reduction_factor
         };
-        let reduction_factor = check_range("reduction_factor", eta, 2, 100)?;
-        let plan = plan(&space, strategy, max_trials, r.seed)?;
+        let reduction_factor = check_range("reduction_factor", eta, 2, 100).or_status()?;
+        let plan = plan(&space, strategy, max_trials, r.seed).or_status()?;
         for h in &plan {
             h.apply(
                 &base.spec,
                 &base.config,
                 &self.spec_limits,
                 self.train_limits.max_batch_size,
-            )?;
+            )
+            .or_status()?;
         }
         Ok(TuningRequest {
             space,
             strategy,
             max_trials,
             parallel_trials,
-            objective: Objective::parse(&r.objective)?,
+            objective: Objective::parse(&r.objective).or_status()?,
             seed: r.seed,
             max_epochs,
             reduction_factor,
@@ -205,7 +215,7 @@ impl JobApi {
     }
 
     async fn event_stream(&self, id: &str) -> Result<EventStream, Status> {
-        let rx = self.jobs.watch(id).await?;
+        let rx = self.jobs.watch(id).await.or_status()?;
         Ok(Box::pin(ReceiverStream::new(rx).map(|item| match item {
             WatchItem::Event(e) => Ok(event_to_proto(&e)),
             WatchItem::ShuttingDown => Err(Status::unavailable(
@@ -222,7 +232,7 @@ impl JobService for JobApi {
         request: Request<pb::CreateTrainingJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let validated = self.validate(request.into_inner()).await?;
-        let job = self.jobs.submit(validated).await?;
+        let job = self.jobs.submit(validated).await.or_status()?;
         tracing::info!(job = %job.id, model = %job.request.model_name, "training job queued");
         Ok(Response::new(job_to_proto(&job)))
     }
@@ -242,7 +252,7 @@ impl JobService for JobApi {
             })
             .await?;
         let tuning = self.validate_tuning(&r, &base)?;
-        let job = self.jobs.submit_tuning(base, tuning).await?;
+        let job = self.jobs.submit_tuning(base, tuning).await.or_status()?;
         tracing::info!(job = %job.id, model = %job.request.model_name, "tuning job started");
         Ok(Response::new(job_to_proto(&job)))
     }
@@ -251,7 +261,7 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let job = self.jobs.get(&request.into_inner().id).await?;
+        let job = self.jobs.get(&request.into_inner().id).await.or_status()?;
         Ok(Response::new(job_to_proto(&job)))
     }
 
@@ -260,9 +270,9 @@ impl JobService for JobApi {
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let r = request.into_inner();
-        let state = state_from_proto(r.state)?;
+        let state = state_from_proto(r.state).or_status()?;
         let page_size = if r.page_size == 0 { 100 } else { r.page_size };
-        let page_size = check_range("page_size", page_size, 1, 1000)? as usize;
+        let page_size = check_range("page_size", page_size, 1, 1000).or_status()? as usize;
         let offset: usize = if r.page_token.is_empty() {
             0
         } else {
@@ -273,7 +283,8 @@ impl JobService for JobApi {
         let matching: Vec<_> = self
             .jobs
             .list()
-            .await?
+            .await
+            .or_status()?
             .into_iter()
             .filter(|j| state.is_none_or(|s| j.state == s))
             .collect();
@@ -293,7 +304,11 @@ impl JobService for JobApi {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let job = self.jobs.cancel(&request.into_inner().id).await?;
+        let job = self
+            .jobs
+            .cancel(&request.into_inner().id)
+            .await
+            .or_status()?;
         tracing::info!(job = %job.id, "cancel requested");
         Ok(Response::new(job_to_proto(&job)))
     }
@@ -316,7 +331,7 @@ impl JobService for JobApi {
         request: Request<pb::CreateTrainingJobRequest>,
     ) -> Result<Response<Self::TrainStream>, Status> {
         let validated = self.validate(request.into_inner()).await?;
-        let job = self.jobs.submit(validated).await?;
+        let job = self.jobs.submit(validated).await.or_status()?;
         tracing::info!(job = %job.id, model = %job.request.model_name, "training job queued (Train)");
         Ok(Response::new(self.event_stream(&job.id).await?))
     }

@@ -1,6 +1,7 @@
 //! ModelService's serving controls: version labels (SetModelLabel), a
 //! model's batching (SetModelBatching), and the serving view GetModel adds
 //! to a model (its labels, batching and statistics).
+use crate::api::status::{IntoStatus, OrStatus};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,13 +18,13 @@ pub const MAX_DELAY_US: u64 = 1_000_000;
 
 /// A label is a name that cannot be mistaken for a version number.
 fn check_label(label: &str) -> Result<(), Status> {
-    check_name("label", label)?;
+    check_name("label", label).or_status()?;
     if label.bytes().all(|b| b.is_ascii_digit()) {
         return Err(InvalidField::new(
             "label",
             format!("must not be all digits (it would read as a version), got {label:?}"),
         )
-        .into());
+        .into_status());
     }
     Ok(())
 }
@@ -45,14 +46,19 @@ pub async fn set_label(
         predictor
             .model_by(&r.name, &Selector::Version(v))
             .await
-            .map_err(Status::from)?;
-    } else if registry.resolve(&r.name, &Selector::Latest)?.is_none() {
+            .map_err(IntoStatus::into_status)?;
+    } else if registry
+        .resolve(&r.name, &Selector::Latest)
+        .or_status()?
+        .is_none()
+    {
         return Err(no_model(&r.name));
     }
     let (reg, name, label) = (Arc::clone(registry), r.name.clone(), r.label.clone());
     let moved = tokio::task::spawn_blocking(move || reg.set_label(&name, &label, target))
         .await
-        .map_err(|e| Status::internal(e.to_string()))??;
+        .map_err(|e| Status::internal(e.to_string()))?
+        .or_status()?;
     let previous = moved.map_err(|missing| {
         Status::not_found(format!(
             "name {:?} version {} names no model",
@@ -62,7 +68,7 @@ pub async fn set_label(
     tracing::info!(model = %r.name, label = %r.label, version = r.version, ?previous, "label set");
     Ok(pb::SetModelLabelResponse {
         previous_version: previous.unwrap_or(0),
-        labels: registry.labels(&r.name)?.into_iter().collect(),
+        labels: registry.labels(&r.name).or_status()?.into_iter().collect(),
     })
 }
 
@@ -74,7 +80,8 @@ pub async fn set_batching(
     check_name("name", &r.name).map_err(|_| no_model(&r.name))?;
     if let Some(b) = r.max_batch.filter(|b| !(1..=MAX_BATCH).contains(b)) {
         return Err(
-            InvalidField::new("max_batch", format!("must be 1..={MAX_BATCH}, got {b}")).into(),
+            InvalidField::new("max_batch", format!("must be 1..={MAX_BATCH}, got {b}"))
+                .into_status(),
         );
     }
     if let Some(d) = r.max_delay_us.filter(|d| *d > MAX_DELAY_US) {
@@ -82,9 +89,13 @@ pub async fn set_batching(
             "max_delay_us",
             format!("must be 0..={MAX_DELAY_US}, got {d}"),
         )
-        .into());
+        .into_status());
     }
-    if registry.resolve(&r.name, &Selector::Latest)?.is_none() {
+    if registry
+        .resolve(&r.name, &Selector::Latest)
+        .or_status()?
+        .is_none()
+    {
         return Err(no_model(&r.name));
     }
     let settings = ModelSettings {
@@ -94,7 +105,8 @@ pub async fn set_batching(
     let (reg, name) = (Arc::clone(registry), r.name.clone());
     tokio::task::spawn_blocking(move || reg.set_settings(&name, settings))
         .await
-        .map_err(|e| Status::internal(e.to_string()))??;
+        .map_err(|e| Status::internal(e.to_string()))?
+        .or_status()?;
     predictor.apply_settings(&r.name, settings);
     Ok(batching_to_proto(predictor, settings))
 }
@@ -116,14 +128,15 @@ pub fn add_serving_view(
     model: &mut pb::Model,
 ) -> Result<(), Status> {
     model.labels = registry
-        .labels(&model.name)?
+        .labels(&model.name)
+        .or_status()?
         .into_iter()
         .filter(|(_, v)| *v == model.version)
         .map(|(l, _)| l)
         .collect();
     model.batching = Some(batching_to_proto(
         predictor,
-        registry.settings(&model.name)?,
+        registry.settings(&model.name).or_status()?,
     ));
     let s = predictor.statistics(&model.name, model.version);
     model.statistics = Some(pb::ModelStatistics {

@@ -1,4 +1,5 @@
 //! ModelService.
+use crate::api::status::OrStatus;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -41,12 +42,15 @@ fn export_files(
 ) -> Result<Vec<(&'static str, Vec<u8>)>, Status> {
     let model = || LstmdModel::from_files(&metadata, &weights);
     Ok(match format {
-        "keras" => vec![(keras::ARCHIVE, keras_export::export(&model()?)?)],
+        "keras" => vec![(
+            keras::ARCHIVE,
+            keras_export::export(&model().or_status()?).or_status()?,
+        )],
         "onnx" => {
-            let model = model()?;
+            let model = model().or_status()?;
             let config = onnx::triton_config(name, model.info.spec.vocab_size);
             vec![
-                (onnx::FILE, onnx::export(&model, name)?),
+                (onnx::FILE, onnx::export(&model, name).or_status()?),
                 (onnx::TRITON_CONFIG, config.into_bytes()),
             ]
         }
@@ -64,7 +68,7 @@ fn from_keras(
     max_bytes: usize,
 ) -> Result<(Vec<u8>, Vec<u8>), Status> {
     let model = match (archive.is_empty(), weights_h5.is_empty()) {
-        (false, true) => keras::import_archive(&archive, max_bytes as u64)?,
+        (false, true) => keras::import_archive(&archive, max_bytes as u64).or_status()?,
         (true, false) => {
             if spec.is_none() {
                 return Err(Status::invalid_argument(format!(
@@ -72,8 +76,11 @@ fn from_keras(
                     keras::WEIGHTS
                 )));
             }
-            let spec = spec_request(spec)?.resolve(None, limits)?;
-            keras::import_weights(weights_h5, &spec)?
+            let spec = spec_request(spec)
+                .or_status()?
+                .resolve(None, limits)
+                .or_status()?;
+            keras::import_weights(weights_h5, &spec).or_status()?
         }
         _ => {
             return Err(Status::invalid_argument(format!(
@@ -83,7 +90,7 @@ fn from_keras(
             )))
         }
     };
-    Ok(model.to_files()?)
+    Ok(model.to_files().or_status()?)
 }
 
 async fn blocking<T: Send + 'static>(
@@ -174,7 +181,7 @@ impl ModelService for ModelApi {
         let registry = Arc::clone(&self.registry);
         let models = tokio::task::spawn_blocking(move || -> Result<Vec<pb::Model>, Status> {
             let mut latest: Vec<ModelMetadata> = Vec::new();
-            for m in registry.list()? {
+            for m in registry.list().or_status()? {
                 match latest.iter_mut().find(|l| l.name == m.name) {
                     Some(l) if l.version < m.version => *l = m,
                     Some(_) => {}
@@ -185,7 +192,10 @@ impl ModelService for ModelApi {
             latest
                 .iter()
                 .map(|m| {
-                    let size = registry.weights_size(&m.name, m.version)?.unwrap_or(0);
+                    let size = registry
+                        .weights_size(&m.name, m.version)
+                        .or_status()?
+                        .unwrap_or(0);
                     model_to_proto(m, size)
                 })
                 .collect()
@@ -206,11 +216,12 @@ impl ModelService for ModelApi {
         let registry = Arc::clone(&self.registry);
         let name = r.name.clone();
         let found = tokio::task::spawn_blocking(move || -> Result<_, Status> {
-            let Some(meta) = registry.get(&name, version)? else {
+            let Some(meta) = registry.get(&name, version).or_status()? else {
                 return Ok(None);
             };
             let size = registry
-                .weights_size(&meta.name, meta.version)?
+                .weights_size(&meta.name, meta.version)
+                .or_status()?
                 .unwrap_or(0);
             Ok(Some(model_to_proto(&meta, size)?))
         })
@@ -248,7 +259,7 @@ impl ModelService for ModelApi {
         check_name("name", &r.name).map_err(|_| not_found(&r.name, version))?;
         let registry = Arc::clone(&self.registry);
         let name = r.name.clone();
-        let deleted = blocking(move || Ok(registry.delete(&name, version)?)).await?;
+        let deleted = blocking(move || Ok(registry.delete(&name, version).or_status()?)).await?;
         if deleted.is_empty() {
             return Err(not_found(&r.name, version));
         }
@@ -275,16 +286,18 @@ impl ModelService for ModelApi {
         let registry = Arc::clone(&self.registry);
         let name = r.name.clone();
         let (meta, files) = blocking(move || {
-            let Some(meta) = registry.get(&name, version)? else {
+            let Some(meta) = registry.get(&name, version).or_status()? else {
                 return Err(not_found(&name, version));
             };
             let missing =
                 || Status::internal(format!("model {name}@{} lacks a file", meta.version));
             let weights = registry
-                .weights(&meta.name, meta.version)?
+                .weights(&meta.name, meta.version)
+                .or_status()?
                 .ok_or_else(missing)?;
             let metadata = registry
-                .metadata_json(&meta.name, meta.version)?
+                .metadata_json(&meta.name, meta.version)
+                .or_status()?
                 .ok_or_else(missing)?;
             let files = export_files(&r.format, &meta.name, weights, metadata)?;
             Ok((meta, files))
@@ -319,7 +332,7 @@ impl ModelService for ModelApi {
         let (mut archive, mut weights_h5, mut spec) = (Vec::new(), Vec::new(), None);
         while let Some(chunk) = stream.message().await? {
             if name.is_none() {
-                check_name("name", &chunk.name)?;
+                check_name("name", &chunk.name).or_status()?;
                 name = Some(chunk.name.clone());
                 spec = chunk.spec.clone();
             }
@@ -374,7 +387,9 @@ impl ModelService for ModelApi {
             let mut info = validate_import(&metadata, &weights, &limits)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
             info.created_at_ms = now_millis();
-            let meta = registry.register(&name, info.to_map(), &weights)?;
+            let meta = registry
+                .register(&name, info.to_map(), &weights)
+                .or_status()?;
             model_to_proto(&meta, weights.len() as u64)
         })
         .await?;

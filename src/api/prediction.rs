@@ -1,4 +1,5 @@
 //! PredictionService.
+use crate::api::status::{IntoStatus, OrStatus};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -34,7 +35,8 @@ impl PredictionService for PredictionApi {
         let out = self
             .predictor
             .predict_by(name, &selector, sequences, r.top_k, r.whole_input)
-            .await?;
+            .await
+            .or_status()?;
         Ok(Response::new(pb::PredictResponse {
             predictions: out
                 .top
@@ -65,7 +67,11 @@ impl PredictionService for PredictionApi {
             whole_input: r.whole_input,
         };
         let (name, selector) = model_ref(&r.model, r.version)?;
-        let rx = self.predictor.generate(name, &selector, params).await?;
+        let rx = self
+            .predictor
+            .generate(name, &selector, params)
+            .await
+            .or_status()?;
         let mut index = 0;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(
             move |t| {
@@ -74,7 +80,7 @@ impl PredictionService for PredictionApi {
                     index,
                 });
                 index += 1;
-                out.map_err(Status::from)
+                out.map_err(IntoStatus::into_status)
             },
         ))))
     }
@@ -88,7 +94,8 @@ impl PredictionService for PredictionApi {
         let (id, model) = self
             .predictor
             .open_session(name, &selector, r.whole_input)
-            .await?;
+            .await
+            .or_status()?;
         Ok(Response::new(pb::SessionInfo {
             session_id: id,
             model: model.name.clone(),
@@ -106,7 +113,8 @@ impl PredictionService for PredictionApi {
         let (top, tokens_seen) = self
             .predictor
             .feed_session(&r.session_id, input, r.top_k)
-            .await?;
+            .await
+            .or_status()?;
         Ok(Response::new(pb::FeedSessionResponse {
             prediction: Some(pb::Prediction {
                 top: top.into_iter().map(token_to_proto).collect(),
@@ -120,7 +128,8 @@ impl PredictionService for PredictionApi {
         request: Request<pb::CloseSessionRequest>,
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
         self.predictor
-            .close_session(&request.into_inner().session_id)?;
+            .close_session(&request.into_inner().session_id)
+            .or_status()?;
         Ok(Response::new(pb::CloseSessionResponse {}))
     }
 }

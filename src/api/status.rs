@@ -10,8 +10,27 @@ use crate::jobs::JobError;
 use crate::predict::PredictError;
 use crate::store::StoreError;
 
-impl From<InvalidField> for Status {
-    fn from(e: InvalidField) -> Self {
+/// A domain error as the status a client gets. (A trait of ours: the
+/// errors live in lstmd-core, which knows no gRPC, and `Status` in tonic,
+/// so `From` cannot be implemented here.)
+pub trait IntoStatus {
+    fn into_status(self) -> Status;
+}
+
+/// `result.or_status()?` in a handler: the error side as its status.
+pub trait OrStatus<T> {
+    fn or_status(self) -> Result<T, Status>;
+}
+
+impl<T, E: IntoStatus> OrStatus<T> for Result<T, E> {
+    fn or_status(self) -> Result<T, Status> {
+        self.map_err(IntoStatus::into_status)
+    }
+}
+
+impl IntoStatus for InvalidField {
+    fn into_status(self) -> Status {
+        let e = self;
         Status::invalid_argument(e.to_string())
     }
 }
@@ -21,26 +40,29 @@ fn internal(what: impl std::fmt::Display) -> Status {
     Status::internal(what.to_string())
 }
 
-impl From<StoreError> for Status {
-    fn from(e: StoreError) -> Self {
+impl IntoStatus for StoreError {
+    fn into_status(self) -> Status {
+        let e = self;
         internal(e)
     }
 }
 
-impl From<DataError> for Status {
-    fn from(e: DataError) -> Self {
+impl IntoStatus for DataError {
+    fn into_status(self) -> Status {
+        let e = self;
         match e {
-            DataError::Invalid(f) => f.into(),
+            DataError::Invalid(f) => f.into_status(),
             DataError::NotFound(_) => Status::not_found(e.to_string()),
             DataError::AlreadyExists(_) => Status::already_exists(e.to_string()),
             DataError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
-            DataError::Store(s) => s.into(),
+            DataError::Store(s) => s.into_status(),
         }
     }
 }
 
-impl From<JobError> for Status {
-    fn from(e: JobError) -> Self {
+impl IntoStatus for JobError {
+    fn into_status(self) -> Status {
+        let e = self;
         let code = match e {
             JobError::NotFound(_) => Code::NotFound,
             JobError::QueueFull(_) => Code::ResourceExhausted,
@@ -52,24 +74,26 @@ impl From<JobError> for Status {
     }
 }
 
-impl From<PredictError> for Status {
-    fn from(e: PredictError) -> Self {
+impl IntoStatus for PredictError {
+    fn into_status(self) -> Status {
+        let e = self;
         match e {
-            PredictError::Invalid(f) => f.into(),
+            PredictError::Invalid(f) => f.into_status(),
             PredictError::NotFound(_) => Status::not_found(e.to_string()),
             PredictError::Overloaded(_)
             | PredictError::QueueFull(_)
             | PredictError::TooManySessions(_) => Status::resource_exhausted(e.to_string()),
             PredictError::SessionNotFound(_) => Status::not_found(e.to_string()),
             PredictError::NotStateful(_) => Status::failed_precondition(e.to_string()),
-            PredictError::Store(s) => s.into(),
+            PredictError::Store(s) => s.into_status(),
             PredictError::Corrupt { .. } | PredictError::Candle(_) => internal(e),
         }
     }
 }
 
-impl From<crate::interop::InteropError> for Status {
-    fn from(e: crate::interop::InteropError) -> Self {
+impl IntoStatus for crate::interop::InteropError {
+    fn into_status(self) -> Status {
+        let e = self;
         if e.is_invalid_input() {
             Status::invalid_argument(e.to_string())
         } else {

@@ -1,5 +1,5 @@
-//! Compiles the gRPC contract in `proto/` with a vendored protoc, so a fresh
-//! machine needs no system protoc.
+//! Compiles the gRPC contract in the repository's `proto/` with a vendored
+//! protoc, so a fresh machine needs no system protoc.
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -9,23 +9,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         unsafe { env::set_var("PROTOC", protoc) };
     }
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    // The contract stays at the repository root, where clients find it.
+    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let protos = [
-        "proto/lstmd/v1/spec.proto",
-        "proto/lstmd/v1/dataset.proto",
-        "proto/lstmd/v1/job.proto",
-        "proto/lstmd/v1/model.proto",
-        "proto/lstmd/v1/prediction.proto",
+        "lstmd/v1/spec.proto",
+        "lstmd/v1/dataset.proto",
+        "lstmd/v1/job.proto",
+        "lstmd/v1/model.proto",
+        "lstmd/v1/prediction.proto",
         // The Open Inference Protocol (KServe v2), served beside lstmd.v1.
-        "proto/inference/grpc_predict_v2.proto",
+        "inference/grpc_predict_v2.proto",
     ];
-    let includes = [PathBuf::from("proto"), protoc_bin_vendored::include_path()?];
+    let includes = [root.clone(), protoc_bin_vendored::include_path()?];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("lstmd_descriptor.bin"))
         // Well-known types from pbjson-types, which carry serde impls.
         .compile_well_known_types(true)
         .extern_path(".google.protobuf", "::pbjson_types")
         .compile_protos(
-            &protos.iter().map(PathBuf::from).collect::<Vec<_>>(),
+            &protos.iter().map(|p| root.join(p)).collect::<Vec<_>>(),
             &includes,
         )?;
     // serde impls in the protobuf JSON mapping, for the CLI's JSON output.
@@ -36,12 +38,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .register_descriptors(&descriptors)?
         .emit_fields()
         .build(&[".lstmd.v1"])?;
-    // ONNX's own schema (proto/onnx/onnx.proto, unchanged from the onnx
-    // package): the messages of an exported model.onnx, no services.
-    tonic_prost_build::configure()
-        .build_server(false)
-        .build_client(false)
-        .compile_protos(&[PathBuf::from("proto/onnx/onnx.proto")], &includes)?;
-    println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-changed={}", root.display());
     Ok(())
 }

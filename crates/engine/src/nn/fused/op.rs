@@ -352,7 +352,7 @@ fn swap_major(src: &[f32], outer: usize, inner: usize, row: usize) -> Vec<f32> {
 }
 
 /// The f32 elements of a contiguous CPU storage.
-pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+pub fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         bail!("fused kernels take f32 tensors");
     };
@@ -363,7 +363,7 @@ pub(crate) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> 
 }
 
 /// Runs `f` on a CPU tensor's f32 elements (made contiguous first).
-pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     match &*storage {

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::context::InferenceContext;
 use super::spec::ModelSpec;
-use crate::data::Vocabulary;
+use crate::vocabulary::Vocabulary;
 
 pub const FORMAT: &str = "lstmd-model/1";
 
@@ -36,7 +36,7 @@ pub struct ModelInfo {
     pub format: String,
     pub created_at_ms: u64,
     pub spec: ModelSpec,
-    pub vocabulary: Option<crate::data::Vocabulary>,
+    pub vocabulary: Option<crate::vocabulary::Vocabulary>,
     /// The resolved training config, as the training layer wrote it.
     pub training: serde_json::Value,
     pub history: Vec<EpochMetrics>,

@@ -5,7 +5,6 @@
 //! error (bad flags, a local file, or a request the server refused as
 //! invalid, unknown or not allowed); 3 a server error (unreachable,
 //! unavailable, overloaded, internal).
-pub mod app;
 pub mod client;
 pub mod datasets;
 pub mod follow;
@@ -23,7 +22,9 @@ use std::process::ExitCode;
 
 use tonic::Code;
 
-pub use client::ClientArgs;
+pub use client::{ClientArgs, CLIENT_HEADING};
+/// The generated API, the one layer this crate builds on.
+pub use lstmd_proto::v1 as proto;
 
 /// Exit codes, as the module documentation lists them.
 pub const EXIT_JOB_UNSUCCESSFUL: u8 = 1;

@@ -2,7 +2,8 @@
 pub mod datasets;
 pub mod tokens;
 pub mod upload;
-pub mod vocabulary;
+// A model's vocabulary travels in its metadata, so it lives in the engine.
+pub use lstmd_engine::vocabulary;
 pub mod windows;
 
 pub use datasets::{DataLimits, DatasetInput, DatasetRecord, Datasets, TokenizerKind};

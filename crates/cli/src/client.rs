@@ -12,6 +12,10 @@ use crate::proto::{
     model_service_client::ModelServiceClient, prediction_service_client::PredictionServiceClient,
 };
 
+/// The help heading the client options are listed under (`lstmd serve`
+/// hides the options under it).
+pub const CLIENT_HEADING: &str = "Client";
+
 /// Options every client subcommand takes. Their environment variables
 /// differ from the server's (`LSTMD_TLS_CERT` is the server's own
 /// certificate), so one pod can run both.
@@ -21,7 +25,7 @@ pub struct ClientArgs {
     #[arg(
         long,
         global = true,
-        help_heading = super::app::CLIENT_HEADING,
+        help_heading = CLIENT_HEADING,
         env = "LSTMD_SERVER",
         default_value = "127.0.0.1:50051"
     )]
@@ -31,7 +35,7 @@ pub struct ClientArgs {
     #[arg(
         long,
         global = true,
-        help_heading = super::app::CLIENT_HEADING,
+        help_heading = CLIENT_HEADING,
         env = "LSTMD_CLIENT_TLS_CA"
     )]
     pub tls_ca: Option<PathBuf>,
@@ -39,7 +43,7 @@ pub struct ClientArgs {
     #[arg(
         long,
         global = true,
-        help_heading = super::app::CLIENT_HEADING,
+        help_heading = CLIENT_HEADING,
         env = "LSTMD_CLIENT_TLS_CERT",
         requires = "tls_key"
     )]
@@ -48,7 +52,7 @@ pub struct ClientArgs {
     #[arg(
         long,
         global = true,
-        help_heading = super::app::CLIENT_HEADING,
+        help_heading = CLIENT_HEADING,
         env = "LSTMD_CLIENT_TLS_KEY",
         requires = "tls_cert"
     )]
@@ -58,7 +62,7 @@ pub struct ClientArgs {
     #[arg(
         long,
         global = true,
-        help_heading = super::app::CLIENT_HEADING,
+        help_heading = CLIENT_HEADING,
         env = "LSTMD_CLIENT_TLS_DOMAIN"
     )]
     pub tls_domain: Option<String>,
@@ -67,7 +71,7 @@ pub struct ClientArgs {
     #[arg(
         long,
         global = true,
-        help_heading = super::app::CLIENT_HEADING,
+        help_heading = CLIENT_HEADING,
         env = "LSTMD_TOKEN",
         hide_env_values = true
     )]
@@ -76,14 +80,14 @@ pub struct ClientArgs {
     #[arg(
         long,
         global = true,
-        help_heading = super::app::CLIENT_HEADING,
+        help_heading = CLIENT_HEADING,
         env = "LSTMD_TOKEN_FILE",
         conflicts_with = "token"
     )]
     pub token_file: Option<PathBuf>,
     /// `text` for people, `json` (the protobuf JSON mapping, one document
     /// per result, one per line for streams) for scripts.
-    #[arg(long, global = true, help_heading = super::app::CLIENT_HEADING, value_enum, default_value_t = Format::Text)]
+    #[arg(long, global = true, help_heading = CLIENT_HEADING, value_enum, default_value_t = Format::Text)]
     pub output: Format,
 }
 

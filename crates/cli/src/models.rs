@@ -268,7 +268,14 @@ fn print_summary(s: &pb::ModelSummary) {
 /// Where an exported file goes under DIR: lstmd's two files as they are,
 /// NAME.keras, and Triton's layout NAME/config.pbtxt + NAME/VERSION/model.onnx.
 fn local_path(dir: &Path, name: &str, version: u32, file: &str) -> Option<PathBuf> {
-    crate::error::check_name("name", name).ok()?;
+    // The name comes from the server: used as a path part only when it is
+    // one plain file name (the server's own names always are).
+    let mut parts = Path::new(name).components();
+    let plain =
+        matches!(parts.next(), Some(std::path::Component::Normal(_))) && parts.next().is_none();
+    if !plain || name.starts_with('.') {
+        return None;
+    }
     match file {
         "model.safetensors" | "metadata.json" => Some(dir.join(file)),
         "model.keras" => Some(dir.join(format!("{name}.keras"))),

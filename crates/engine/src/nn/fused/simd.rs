@@ -61,7 +61,9 @@ fn detect() -> Level {
 /// Defines `$vis fn $name(args)` that runs `$generic::<true>` compiled for
 /// AVX-512 or AVX2 + FMA when the CPU has them, else `$generic::<false>`.
 /// The generic function must be `#[inline(always)]` and take its `FMA`
-/// flag as its only const parameter.
+/// flag as its only const parameter. Exported: lstmd-core's Adam update
+/// is compiled the same way.
+#[macro_export]
 macro_rules! multiversion {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $generic:ident) => {
         $(#[$meta])*
@@ -94,7 +96,7 @@ macro_rules! multiversion {
         }
     };
 }
-pub(crate) use multiversion;
+pub use crate::multiversion;
 
 /// `a * b + c`, fused where the instantiation has FMA.
 #[inline(always)]

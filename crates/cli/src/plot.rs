@@ -37,7 +37,7 @@ pub const VALIDATION_COLOR: RGBColor = RGBColor(255, 127, 14);
 pub const BEST_COLOR: RGBColor = RGBColor(214, 39, 40);
 
 const FONT: &str = "sans-serif";
-static FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+static FONT_BYTES: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
 
 /// What a plot shows.
 pub struct Curves {
@@ -110,35 +110,26 @@ async fn job_best_epoch(client: &mut super::client::Client, job_id: &str) -> Opt
 /// stopping watched (val_loss when there was validation, else loss), in
 /// its mode.
 fn best_by_monitor(model: &pb::Model) -> Option<u32> {
-    use crate::train::config::{Metric, Mode};
     let has_val = model.history.iter().any(|m| m.val_loss.is_some());
     let monitor = model
         .config
         .as_ref()
         .and_then(|c| c.early_stopping.as_ref())
         .and_then(|e| e.monitor.as_ref());
+    let default = if has_val { "val_loss" } else { "loss" };
     let metric = monitor
-        .and_then(|m| Metric::parse("monitor", &m.metric).ok())
-        .unwrap_or(if has_val {
-            Metric::ValLoss
-        } else {
-            Metric::Loss
-        });
-    let mode = match monitor.map(|m| m.mode.as_str()) {
-        Some("min") => Mode::Min,
-        Some("max") => Mode::Max,
-        _ => metric.auto_mode(),
+        .map(|m| m.metric.as_str())
+        .filter(|m| MONITOR_METRICS.contains(m))
+        .unwrap_or(default);
+    // The server's rule for mode "auto" (or none): losses go down, the rest up.
+    let minimise = match monitor.map(|m| m.mode.as_str()) {
+        Some("min") => true,
+        Some("max") => false,
+        _ => metric.ends_with("loss"),
     };
-    let value = |m: &pb::EpochMetrics| match metric {
-        Metric::Loss => Some(m.loss),
-        Metric::Accuracy => Some(m.accuracy),
-        Metric::Top5Accuracy => Some(m.top5_accuracy),
-        Metric::ValLoss => m.val_loss,
-        Metric::ValAccuracy => m.val_accuracy,
-        Metric::ValTop5Accuracy => m.val_top5_accuracy,
-    };
+    let value = |m: &pb::EpochMetrics| metric_value(m, metric);
     // Lower is better after the sign flip for metrics that go up.
-    let sign = if mode == Mode::Min { 1.0 } else { -1.0 };
+    let sign = if minimise { 1.0 } else { -1.0 };
     model
         .history
         .iter()
@@ -327,4 +318,28 @@ where
         .border_style(BLACK)
         .draw()?;
     Ok(())
+}
+
+/// The metrics early stopping can monitor, by their names in the config.
+const MONITOR_METRICS: [&str; 6] = [
+    "loss",
+    "accuracy",
+    "top5_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "val_top5_accuracy",
+];
+
+/// An epoch's value of a monitor metric, by its name in the config; `None`
+/// for a value the epoch did not record.
+fn metric_value(m: &pb::EpochMetrics, metric: &str) -> Option<f64> {
+    match metric {
+        "loss" => Some(m.loss),
+        "accuracy" => Some(m.accuracy),
+        "top5_accuracy" => Some(m.top5_accuracy),
+        "val_loss" => m.val_loss,
+        "val_accuracy" => m.val_accuracy,
+        "val_top5_accuracy" => m.val_top5_accuracy,
+        _ => None,
+    }
 }

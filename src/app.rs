@@ -3,11 +3,8 @@
 //! (`lstmd --server HOST:PORT models list`).
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use super::{ClientArgs, ClientCommand};
+use crate::cli::{ClientArgs, ClientCommand, CLIENT_HEADING};
 use crate::config::ServeArgs;
-
-/// The help heading the client options are listed under.
-pub const CLIENT_HEADING: &str = "Client";
 
 #[derive(Parser)]
 #[command(

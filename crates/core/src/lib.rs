@@ -1,0 +1,13 @@
+//! The domain of lstmd on the engine: datasets, training, tuning, the job
+//! queue, prediction, storage and Keras/ONNX interop. It knows no gRPC: the
+//! transport (the `lstmd` crate) turns requests into calls on these modules.
+pub mod data;
+pub mod interop;
+pub mod jobs;
+pub mod predict;
+pub mod store;
+pub mod train;
+pub mod tune;
+
+// The engine's modules under the names this crate has always used.
+pub use lstmd_engine::{error, nn};
