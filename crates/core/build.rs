@@ -11,7 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let onnx = root.join("onnx");
-    prost_build::compile_protos(&[onnx.join("onnx.proto")], &[onnx.clone()])?;
+    prost_build::compile_protos(&[onnx.join("onnx.proto")], std::slice::from_ref(&onnx))?;
     println!("cargo:rerun-if-changed={}", onnx.display());
     Ok(())
 }

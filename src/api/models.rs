@@ -90,7 +90,7 @@ fn from_keras(
             )))
         }
     };
-    Ok(model.to_files().or_status()?)
+    model.to_files().or_status()
 }
 
 async fn blocking<T: Send + 'static>(
@@ -259,7 +259,7 @@ impl ModelService for ModelApi {
         check_name("name", &r.name).map_err(|_| not_found(&r.name, version))?;
         let registry = Arc::clone(&self.registry);
         let name = r.name.clone();
-        let deleted = blocking(move || Ok(registry.delete(&name, version).or_status()?)).await?;
+        let deleted = blocking(move || registry.delete(&name, version).or_status()).await?;
         if deleted.is_empty() {
             return Err(not_found(&r.name, version));
         }
