@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor, Var};
 use candle_nn::Optimizer;
+use lstmd::backend::backend_for;
 use lstmd::nn::fused::{self, Engine};
 use lstmd::nn::spec::preset;
 use lstmd::nn::{initial_parameters, Cell, Dropout, LayerSpec, ModelSpec, Network};
-use lstmd::predict::infer::Inference;
 use lstmd::train::adam::Adam;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -261,11 +261,11 @@ fn service_train_rate(spec: &ModelSpec, rows: usize, device: &Device) -> f64 {
 fn service_infer_rate(spec: &ModelSpec, rows: usize, device: &Device) -> f64 {
     let named = initial_parameters(spec, 7, device).unwrap();
     let net = Network::from_tensors(spec, &named.into_iter().collect()).unwrap();
-    let inference = Inference::new(net).unwrap();
+    let inference = backend_for(net).unwrap();
     let (ids, _) = random_batch(spec, rows, &mut ChaCha8Rng::seed_from_u64(2));
     let sequences: Vec<Vec<u32>> = ids.chunks(spec.window).map(<[u32]>::to_vec).collect();
     rate(|| {
-        std::hint::black_box(inference.next_token_probabilities(&sequences).unwrap());
+        std::hint::black_box(inference.probabilities(&sequences).unwrap());
     })
 }
 

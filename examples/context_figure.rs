@@ -11,10 +11,10 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use lstmd::backend::{backend_for, Backend};
 use lstmd::data::Vocabulary;
 use lstmd::nn::{Cell, InferenceContext, LayerSpec, ModelSpec, Network};
 use lstmd::predict::context::Reading;
-use lstmd::predict::infer::Inference;
 use lstmd::train::checkpoint::Checkpoint;
 use lstmd::train::{train, TrainConfigRequest, TrainEvent, TrainInput, TrainLimits, TrainObserver};
 
@@ -61,7 +61,7 @@ fn score(probs: &[Vec<f32>], targets: &[u32]) -> (f64, f64) {
 
 /// A window model on the tail: each next character from the `len`
 /// characters before it (len = window: what Predict reads).
-fn window_scores(inference: &Inference, tail: &[u32], len: usize, w: usize) -> (f64, f64) {
+fn window_scores(inference: &dyn Backend, tail: &[u32], len: usize, w: usize) -> (f64, f64) {
     let positions: Vec<usize> = (w..tail.len()).collect();
     let seqs: Vec<Vec<u32>> = positions
         .iter()
@@ -70,13 +70,13 @@ fn window_scores(inference: &Inference, tail: &[u32], len: usize, w: usize) -> (
     let targets: Vec<u32> = positions.iter().map(|&i| tail[i]).collect();
     let mut probs = Vec::new();
     for chunk in seqs.chunks(1024) {
-        probs.extend(inference.next_token_probabilities(chunk).unwrap());
+        probs.extend(inference.probabilities(chunk).unwrap());
     }
     score(&probs, &targets)
 }
 
 /// A stateful model on the tail: the state carried over it from its start.
-fn carried_scores(inference: &Inference, tail: &[u32], w: usize) -> (f64, f64) {
+fn carried_scores(inference: &dyn Backend, tail: &[u32], w: usize) -> (f64, f64) {
     let mut reading = Reading::Carried(None);
     let mut probs = Vec::new();
     for (i, &id) in tail[..tail.len() - 1].iter().enumerate() {
@@ -90,7 +90,7 @@ fn carried_scores(inference: &Inference, tail: &[u32], w: usize) -> (f64, f64) {
 
 /// Microseconds per generated token, feeding back `n` tokens.
 fn generate_cost(
-    inference: &Inference,
+    inference: &dyn Backend,
     context: InferenceContext,
     prompt: &[u32],
     n: usize,
@@ -176,22 +176,22 @@ fn main() {
             .parameters
             .into_iter()
             .collect::<std::collections::HashMap<String, Tensor>>();
-        let inference = Inference::new(Network::from_tensors(&spec, &map).unwrap()).unwrap();
+        let inference = backend_for(Network::from_tensors(&spec, &map).unwrap()).unwrap();
         let context = InferenceContext::of_training(w, &serde_json::to_value(&config).unwrap());
         let ((ce, top1), (ce_short, top1_short)) = if context.is_stateful() {
-            let s = carried_scores(&inference, tail, w);
+            let s = carried_scores(inference.as_ref(), tail, w);
             (s, s)
         } else {
-            let full = window_scores(&inference, tail, w, w);
+            let full = window_scores(inference.as_ref(), tail, w, w);
             // Prompts of every length 1..=W, equally weighted.
             let mut sums = (0.0, 0.0);
             for len in 1..=w {
-                let (c, a) = window_scores(&inference, tail, len, w);
+                let (c, a) = window_scores(inference.as_ref(), tail, len, w);
                 sums = (sums.0 + c / w as f64, sums.1 + a / w as f64);
             }
             (full, sums)
         };
-        let cost = generate_cost(&inference, context, &tail[..w], 400);
+        let cost = generate_cost(inference.as_ref(), context, &tail[..w], 400);
         println!(
             "{mode:<16} {seconds:>9.1} {ce:>10.3} {top1:>10.3} {ce_short:>10.3} {top1_short:>13.3} {cost:>12.1}"
         );

@@ -12,5 +12,5 @@ pub mod server;
 
 pub use lstmd_cli as cli;
 pub use lstmd_core::{data, interop, jobs, predict, store, train, tune};
-pub use lstmd_engine::{error, nn};
+pub use lstmd_engine::{backend, error, nn};
 pub use lstmd_proto::{oip, v1 as proto};

@@ -21,7 +21,7 @@ use crate::api::rpc::RpcLayer;
 use crate::api::{DatasetApi, InferenceApi, JobApi, ModelApi, PredictionApi};
 use crate::config::{parse_device, SecurityArgs, ServeArgs};
 use crate::data::Datasets;
-use crate::jobs::{JobManager, JobsConfig};
+use crate::jobs::{Admission, JobManager, JobsConfig};
 use crate::oip::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::predict::Predictor;
 use crate::proto::{
@@ -203,9 +203,11 @@ pub async fn start(
     let job_svc = InterceptedService::new(
         JobServiceServer::new(JobApi {
             jobs: jobs.clone(),
-            datasets,
-            spec_limits: args.limits.spec(),
-            train_limits: args.limits.train(),
+            admission: Arc::new(Admission {
+                datasets,
+                spec_limits: args.limits.spec(),
+                train_limits: args.limits.train(),
+            }),
         })
         .max_decoding_message_size(max)
         .max_encoding_message_size(max),

@@ -18,6 +18,21 @@ pub fn timestamp(ms: u64) -> pbjson_types::Timestamp {
     }
 }
 
+/// A proto cell kind as the domain's; `field` names it in the error.
+pub fn cell_from_proto(field: String, value: i32) -> Result<Cell, InvalidField> {
+    match pb::Cell::try_from(value) {
+        Ok(pb::Cell::Lstm) => Ok(Cell::Lstm),
+        Ok(pb::Cell::Gru) => Ok(Cell::Gru),
+        Ok(pb::Cell::Rnn) => Ok(Cell::Rnn),
+        _ => Err(InvalidField::new(
+            field,
+            format!("must be CELL_LSTM, CELL_GRU or CELL_RNN, got {value}"),
+        )),
+    }
+}
+
+/// A requested model spec as the domain's request (presets and defaults
+/// are resolved later).
 pub fn spec_request(spec: Option<pb::ModelSpec>) -> Result<SpecRequest, InvalidField> {
     let spec = spec.unwrap_or_default();
     let layers = spec
@@ -25,17 +40,7 @@ pub fn spec_request(spec: Option<pb::ModelSpec>) -> Result<SpecRequest, InvalidF
         .iter()
         .enumerate()
         .map(|(i, l)| {
-            let cell = match pb::Cell::try_from(l.cell) {
-                Ok(pb::Cell::Lstm) => Cell::Lstm,
-                Ok(pb::Cell::Gru) => Cell::Gru,
-                Ok(pb::Cell::Rnn) => Cell::Rnn,
-                _ => {
-                    return Err(InvalidField::new(
-                        format!("spec.layers[{i}].cell"),
-                        format!("must be CELL_LSTM, CELL_GRU or CELL_RNN, got {}", l.cell),
-                    ))
-                }
-            };
+            let cell = cell_from_proto(format!("spec.layers[{i}].cell"), l.cell)?;
             Ok(LayerSpec {
                 cell,
                 units: l.units as usize,

@@ -1,11 +1,12 @@
 //! DatasetService.
-use crate::api::status::{IntoStatus, OrStatus};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::blocking::blocking;
 use super::convert::timestamp;
+use super::status::{IntoStatus, OrStatus};
 use super::stream_end::{check_clean_end, let_transport_see_resets, RequestEnd};
 use super::vocabulary_from;
 use crate::data::Vocabulary;
@@ -58,7 +59,7 @@ impl DatasetApi {
         };
         let (datasets, models) = (Arc::clone(&self.datasets), Arc::clone(&self.models));
         blocking(move || vocabulary_from::resolve(&datasets, &models, field, &from))
-            .await?
+            .await
             .map(Some)
     }
 }
@@ -154,12 +155,6 @@ pub fn dataset_to_proto(d: &DatasetRecord) -> pb::Dataset {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(format!("worker task failed: {e}")))
-}
-
 #[tonic::async_trait]
 impl DatasetService for DatasetApi {
     async fn create_dataset(
@@ -232,9 +227,7 @@ impl DatasetService for DatasetApi {
                 None => return Err(Status::invalid_argument("data must be set: ids or text")),
             };
         let datasets = Arc::clone(&self.datasets);
-        let record = blocking(move || datasets.create(&r.name, input))
-            .await?
-            .or_status()?;
+        let record = blocking(move || datasets.create(&r.name, input)).await?;
         tracing::info!(id = %record.id, name = %record.name, tokens = record.token_count, "dataset created");
         Ok(Response::new(dataset_to_proto(&record)))
     }
@@ -274,9 +267,7 @@ impl DatasetService for DatasetApi {
         };
         let name = header.name.clone();
         let datasets = Arc::clone(&self.datasets);
-        let upload = blocking(move || datasets.begin_upload(header))
-            .await?
-            .or_status()?;
+        let upload = blocking(move || datasets.begin_upload(header)).await?;
         // Two chunks may wait while one is written: memory stays a few
         // chunks, whatever the corpus size.
         let (tx, rx) = mpsc::channel(2);
@@ -362,7 +353,7 @@ impl DatasetService for DatasetApi {
     ) -> Result<Response<pb::Dataset>, Status> {
         let id = request.into_inner().id;
         let datasets = Arc::clone(&self.datasets);
-        let record = blocking(move || datasets.get(&id)).await?.or_status()?;
+        let record = blocking(move || datasets.get(&id)).await?;
         Ok(Response::new(dataset_to_proto(&record)))
     }
 
@@ -371,7 +362,7 @@ impl DatasetService for DatasetApi {
         _request: Request<pb::ListDatasetsRequest>,
     ) -> Result<Response<pb::ListDatasetsResponse>, Status> {
         let datasets = Arc::clone(&self.datasets);
-        let all = blocking(move || datasets.list()).await?.or_status()?;
+        let all = blocking(move || datasets.list()).await?;
         Ok(Response::new(pb::ListDatasetsResponse {
             datasets: all.iter().map(dataset_to_proto).collect(),
         }))
@@ -384,17 +375,10 @@ impl DatasetService for DatasetApi {
         let id = request.into_inner().id;
         let datasets = Arc::clone(&self.datasets);
         let lookup = id.clone();
-        blocking(move || datasets.get(&lookup)).await?.or_status()?;
-        if let Some(jobs) = self.jobs.datasets_in_use().await.or_status()?.get(&id) {
-            return Err(Status::failed_precondition(format!(
-                "dataset {id} is used by queued or running jobs ({}); delete it once they have ended",
-                jobs.join(", ")
-            )));
-        }
-        // A job created between this check and the delete fails when it
-        // starts, with NOT_FOUND for the dataset, in its record.
+        blocking(move || datasets.get(&lookup)).await?;
+        self.jobs.check_dataset_unused(&id).await.or_status()?;
         let datasets = Arc::clone(&self.datasets);
-        let record = blocking(move || datasets.delete(&id)).await?.or_status()?;
+        let record = blocking(move || datasets.delete(&id)).await?;
         tracing::info!(id = %record.id, name = %record.name, "dataset deleted");
         Ok(Response::new(pb::DeleteDatasetResponse {}))
     }

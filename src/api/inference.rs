@@ -6,17 +6,18 @@
 //! `[batch, k]`, answered in `raw_output_contents` (what tritonclient's
 //! `as_numpy` reads). A version is a number, a label, or empty for the
 //! latest.
-use crate::api::status::OrStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::blocking::blocking;
+use super::status::OrStatus;
 use crate::nn::metadata::ModelInfo;
 use crate::oip as pb;
 use crate::oip::grpc_inference_service_server::GrpcInferenceService;
 use crate::oip::infer_parameter::ParameterChoice;
-use crate::predict::infer::top_k_of;
+use crate::predict::sampling::top_k_of;
 use crate::predict::Predictor;
 use crate::store::{ModelRegistry, Selector};
 
@@ -117,15 +118,13 @@ impl GrpcInferenceService for InferenceApi {
         let version = self.resolve(&r.name, &selector(&r.version))?;
         let registry = Arc::clone(&self.registry);
         let name = r.name.clone();
-        let (meta, versions) = tokio::task::spawn_blocking(move || {
+        let (meta, versions) = blocking(move || {
             Ok::<_, crate::store::StoreError>((
                 registry.get(&name, Some(version))?,
                 registry.versions(&name)?,
             ))
         })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .or_status()?;
+        .await?;
         let meta = meta.ok_or_else(|| self.not_found(&r.name, &selector(&r.version)))?;
         let info = ModelInfo::from_map(&meta.rest).map_err(|e| {
             Status::internal(format!(

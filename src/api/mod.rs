@@ -1,6 +1,7 @@
 //! Transport only: tonic services, proto <-> domain conversion, status
 //! codes, the auth interceptor, the per-call layer. Never touches candle.
 pub mod auth;
+pub mod blocking;
 pub mod convert;
 pub mod datasets;
 pub mod inference;

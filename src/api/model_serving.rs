@@ -1,12 +1,13 @@
 //! ModelService's serving controls: version labels (SetModelLabel), a
 //! model's batching (SetModelBatching), and the serving view GetModel adds
 //! to a model (its labels, batching and statistics).
-use crate::api::status::{IntoStatus, OrStatus};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::Status;
 
+use super::blocking::blocking;
+use super::status::{IntoStatus, OrStatus};
 use crate::error::{check_name, InvalidField};
 use crate::predict::Predictor;
 use crate::proto as pb;
@@ -55,10 +56,7 @@ pub async fn set_label(
         return Err(no_model(&r.name));
     }
     let (reg, name, label) = (Arc::clone(registry), r.name.clone(), r.label.clone());
-    let moved = tokio::task::spawn_blocking(move || reg.set_label(&name, &label, target))
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .or_status()?;
+    let moved = blocking(move || reg.set_label(&name, &label, target)).await?;
     let previous = moved.map_err(|missing| {
         Status::not_found(format!(
             "name {:?} version {} names no model",
@@ -103,10 +101,7 @@ pub async fn set_batching(
         max_delay_us: r.max_delay_us,
     };
     let (reg, name) = (Arc::clone(registry), r.name.clone());
-    tokio::task::spawn_blocking(move || reg.set_settings(&name, settings))
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .or_status()?;
+    blocking(move || reg.set_settings(&name, settings)).await?;
     predictor.apply_settings(&r.name, settings);
     Ok(batching_to_proto(predictor, settings))
 }

@@ -1,15 +1,16 @@
 //! ModelService.
-use crate::api::status::OrStatus;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::blocking::blocking;
 use super::convert::{config_to_proto, metrics_to_proto, spec_request, spec_to_proto, timestamp};
+use super::status::OrStatus;
 use super::stream_end::{check_clean_end, let_transport_see_resets, RequestEnd};
 use crate::error::{check_name, shown};
-use crate::interop::{keras, keras_export, onnx, tensors::LstmdModel};
+use crate::interop::formats::{export_files, ExportFormat, ImportFiles};
 use crate::nn::metadata::validate_import;
 use crate::nn::metadata::ModelInfo;
 use crate::nn::summary::summarize;
@@ -17,7 +18,7 @@ use crate::nn::{InferenceContext, SpecLimits};
 use crate::predict::Predictor;
 use crate::proto as pb;
 use crate::proto::model_service_server::ModelService;
-use crate::store::{now_millis, ModelMetadata, ModelRegistry};
+use crate::store::{now_millis, Listing, ModelRegistry};
 use crate::train::TrainConfig;
 
 pub struct ModelApi {
@@ -28,78 +29,7 @@ pub struct ModelApi {
     pub max_import_bytes: usize,
 }
 
-const WEIGHTS_FILE: &str = "model.safetensors";
-const METADATA_FILE: &str = "metadata.json";
 const EXPORT_CHUNK: usize = 1 << 20;
-const FORMATS: &str = "safetensors, keras or onnx";
-
-/// A registered model's files in the export format asked for.
-fn export_files(
-    format: &str,
-    name: &str,
-    weights: Vec<u8>,
-    metadata: Vec<u8>,
-) -> Result<Vec<(&'static str, Vec<u8>)>, Status> {
-    let model = || LstmdModel::from_files(&metadata, &weights);
-    Ok(match format {
-        "keras" => vec![(
-            keras::ARCHIVE,
-            keras_export::export(&model().or_status()?).or_status()?,
-        )],
-        "onnx" => {
-            let model = model().or_status()?;
-            let config = onnx::triton_config(name, model.info.spec.vocab_size);
-            vec![
-                (onnx::FILE, onnx::export(&model, name).or_status()?),
-                (onnx::TRITON_CONFIG, config.into_bytes()),
-            ]
-        }
-        _ => vec![(WEIGHTS_FILE, weights), (METADATA_FILE, metadata)],
-    })
-}
-
-/// A Keras upload (model.keras, or model.weights.h5 with a spec) as
-/// lstmd's own (metadata.json, model.safetensors).
-fn from_keras(
-    archive: Vec<u8>,
-    weights_h5: Vec<u8>,
-    spec: Option<pb::ModelSpec>,
-    limits: &SpecLimits,
-    max_bytes: usize,
-) -> Result<(Vec<u8>, Vec<u8>), Status> {
-    let model = match (archive.is_empty(), weights_h5.is_empty()) {
-        (false, true) => keras::import_archive(&archive, max_bytes as u64).or_status()?,
-        (true, false) => {
-            if spec.is_none() {
-                return Err(Status::invalid_argument(format!(
-                    "spec must be set to import {}",
-                    keras::WEIGHTS
-                )));
-            }
-            let spec = spec_request(spec)
-                .or_status()?
-                .resolve(None, limits)
-                .or_status()?;
-            keras::import_weights(weights_h5, &spec).or_status()?
-        }
-        _ => {
-            return Err(Status::invalid_argument(format!(
-                "send {} or {}, not both",
-                keras::ARCHIVE,
-                keras::WEIGHTS
-            )))
-        }
-    };
-    model.to_files().or_status()
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Status> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Status::internal(format!("worker task failed: {e}")))?
-}
 
 fn not_found(name: &str, version: Option<u32>) -> Status {
     let name = shown(name);
@@ -109,7 +39,9 @@ fn not_found(name: &str, version: Option<u32>) -> Status {
     })
 }
 
-fn model_to_proto(meta: &ModelMetadata, weights_bytes: u64) -> Result<pb::Model, Status> {
+/// A registered version as the API shows it.
+fn model_to_proto(listing: &Listing) -> Result<pb::Model, Status> {
+    let (meta, weights_bytes) = (&listing.metadata, listing.weights_bytes);
     let info = ModelInfo::from_map(&meta.rest).map_err(|e| {
         Status::internal(format!(
             "model {}@{} metadata is unreadable: {e}",
@@ -179,29 +111,11 @@ impl ModelService for ModelApi {
         _request: Request<pb::ListModelsRequest>,
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
         let registry = Arc::clone(&self.registry);
-        let models = tokio::task::spawn_blocking(move || -> Result<Vec<pb::Model>, Status> {
-            let mut latest: Vec<ModelMetadata> = Vec::new();
-            for m in registry.list().or_status()? {
-                match latest.iter_mut().find(|l| l.name == m.name) {
-                    Some(l) if l.version < m.version => *l = m,
-                    Some(_) => {}
-                    None => latest.push(m),
-                }
-            }
-            latest.sort_by(|a, b| a.name.cmp(&b.name));
-            latest
-                .iter()
-                .map(|m| {
-                    let size = registry
-                        .weights_size(&m.name, m.version)
-                        .or_status()?
-                        .unwrap_or(0);
-                    model_to_proto(m, size)
-                })
-                .collect()
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))??;
+        let listed = blocking(move || registry.latest_of_each()).await?;
+        let models = listed
+            .iter()
+            .map(model_to_proto)
+            .collect::<Result<_, _>>()?;
         Ok(Response::new(pb::ListModelsResponse { models }))
     }
 
@@ -215,19 +129,8 @@ impl ModelService for ModelApi {
         check_name("name", &r.name).map_err(|_| not_found())?;
         let registry = Arc::clone(&self.registry);
         let name = r.name.clone();
-        let found = tokio::task::spawn_blocking(move || -> Result<_, Status> {
-            let Some(meta) = registry.get(&name, version).or_status()? else {
-                return Ok(None);
-            };
-            let size = registry
-                .weights_size(&meta.name, meta.version)
-                .or_status()?
-                .unwrap_or(0);
-            Ok(Some(model_to_proto(&meta, size)?))
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))??;
-        let mut model = found.ok_or_else(not_found)?;
+        let found = blocking(move || registry.listing(&name, version)).await?;
+        let mut model = model_to_proto(&found.ok_or_else(not_found)?)?;
         super::model_serving::add_serving_view(&self.registry, &self.predictor, &mut model)?;
         Ok(Response::new(model))
     }
@@ -276,12 +179,7 @@ impl ModelService for ModelApi {
     ) -> Result<Response<Self::ExportModelStream>, Status> {
         let r = request.into_inner();
         let version = (r.version != 0).then_some(r.version);
-        if !["", "safetensors", "keras", "onnx"].contains(&r.format.as_str()) {
-            return Err(Status::invalid_argument(format!(
-                "format must be {FORMATS}, got {:?}",
-                r.format
-            )));
-        }
+        let format = ExportFormat::parse("format", &r.format).or_status()?;
         check_name("name", &r.name).map_err(|_| not_found(&r.name, version))?;
         let registry = Arc::clone(&self.registry);
         let name = r.name.clone();
@@ -299,7 +197,7 @@ impl ModelService for ModelApi {
                 .metadata_json(&meta.name, meta.version)
                 .or_status()?
                 .ok_or_else(missing)?;
-            let files = export_files(&r.format, &meta.name, weights, metadata)?;
+            let files = export_files(format, &meta.name, weights, metadata).or_status()?;
             Ok((meta, files))
         })
         .await?;
@@ -327,32 +225,15 @@ impl ModelService for ModelApi {
     ) -> Result<Response<pb::Model>, Status> {
         let end = request.extensions().get::<RequestEnd>().cloned();
         let mut stream = request.into_inner();
-        let mut name = None;
-        let (mut weights, mut metadata) = (Vec::new(), Vec::new());
-        let (mut archive, mut weights_h5, mut spec) = (Vec::new(), Vec::new(), None);
+        let (mut name, mut spec, mut files) = (None, None, ImportFiles::default());
         while let Some(chunk) = stream.message().await? {
             if name.is_none() {
                 check_name("name", &chunk.name).or_status()?;
                 name = Some(chunk.name.clone());
                 spec = chunk.spec.clone();
             }
-            let target = match chunk.file.as_str() {
-                WEIGHTS_FILE => &mut weights,
-                METADATA_FILE => &mut metadata,
-                keras::ARCHIVE => &mut archive,
-                keras::WEIGHTS => &mut weights_h5,
-                other => {
-                    return Err(Status::invalid_argument(format!(
-                    "file must be {WEIGHTS_FILE:?}, {METADATA_FILE:?}, {:?} or {:?}, got {other:?}",
-                    keras::ARCHIVE,
-                    keras::WEIGHTS
-                )))
-                }
-            };
-            target.extend_from_slice(&chunk.data);
-            if weights.len() + metadata.len() + archive.len() + weights_h5.len()
-                > self.max_import_bytes
-            {
+            files.append(&chunk.file, &chunk.data).or_status()?;
+            if files.len() > self.max_import_bytes {
                 return Err(Status::resource_exhausted(format!(
                     "an imported model must be at most {} bytes",
                     self.max_import_bytes
@@ -365,32 +246,25 @@ impl ModelService for ModelApi {
         let_transport_see_resets().await;
         let name = name
             .ok_or_else(|| Status::invalid_argument("the stream must carry at least one chunk"))?;
-        let from_keras_files = !archive.is_empty() || !weights_h5.is_empty();
-        if from_keras_files && !(weights.is_empty() && metadata.is_empty()) {
-            return Err(Status::invalid_argument(format!(
-                "send Keras files or {WEIGHTS_FILE} and {METADATA_FILE}, not both"
-            )));
-        }
-        if !from_keras_files && (weights.is_empty() || metadata.is_empty()) {
-            return Err(Status::invalid_argument(format!(
-                "the stream must carry both {WEIGHTS_FILE} and {METADATA_FILE}"
-            )));
-        }
+        let spec = spec
+            .map(|s| spec_request(Some(s)))
+            .transpose()
+            .or_status()?;
         let registry = Arc::clone(&self.registry);
         let limits = self.spec_limits.clone();
-        let max_bytes = self.max_import_bytes;
+        let max_bytes = self.max_import_bytes as u64;
         let model = blocking(move || {
-            let (metadata, weights) = match from_keras_files {
-                true => from_keras(archive, weights_h5, spec, &limits, max_bytes)?,
-                false => (metadata, weights),
-            };
+            let (metadata, weights) = files.into_lstmd(spec, &limits, max_bytes).or_status()?;
             let mut info = validate_import(&metadata, &weights, &limits)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
             info.created_at_ms = now_millis();
-            let meta = registry
+            let metadata = registry
                 .register(&name, info.to_map(), &weights)
                 .or_status()?;
-            model_to_proto(&meta, weights.len() as u64)
+            model_to_proto(&Listing {
+                metadata,
+                weights_bytes: weights.len() as u64,
+            })
         })
         .await?;
         tracing::info!(model = %model.name, version = model.version, "model imported");

@@ -1,11 +1,11 @@
 //! PredictionService.
-use crate::api::status::{IntoStatus, OrStatus};
 use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio_stream::{wrappers::ReceiverStream, Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use super::status::{IntoStatus, OrStatus};
 use crate::predict::{GenerateParams, Predictor, SequenceInput, TokenProbability};
 use crate::proto as pb;
 use crate::proto::prediction_service_server::PredictionService;

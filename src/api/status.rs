@@ -28,6 +28,13 @@ impl<T, E: IntoStatus> OrStatus<T> for Result<T, E> {
     }
 }
 
+/// A handler's own status passes through unchanged.
+impl IntoStatus for Status {
+    fn into_status(self) -> Status {
+        self
+    }
+}
+
 impl IntoStatus for InvalidField {
     fn into_status(self) -> Status {
         let e = self;
@@ -64,11 +71,17 @@ impl IntoStatus for JobError {
     fn into_status(self) -> Status {
         let e = self;
         let code = match e {
-            JobError::NotFound(_) => Code::NotFound,
+            JobError::Invalid(f) => return f.into_status(),
+            JobError::Data(d) => return d.into_status(),
+            JobError::NotFound(_) | JobError::NoDataset { .. } => Code::NotFound,
             JobError::QueueFull(_) => Code::ResourceExhausted,
             JobError::ShuttingDown => Code::Unavailable,
-            JobError::AlreadyEnded { .. } => Code::FailedPrecondition,
-            JobError::Store(_) => return internal(e),
+            JobError::AlreadyEnded { .. } | JobError::DatasetInUse { .. } => {
+                Code::FailedPrecondition
+            }
+            JobError::Store(_) | JobError::NotRecorded | JobError::Spawn { .. } => {
+                return internal(e)
+            }
         };
         Status::new(code, e.to_string())
     }
@@ -86,7 +99,10 @@ impl IntoStatus for PredictError {
             PredictError::SessionNotFound(_) => Status::not_found(e.to_string()),
             PredictError::NotStateful(_) => Status::failed_precondition(e.to_string()),
             PredictError::Store(s) => s.into_status(),
-            PredictError::Corrupt { .. } | PredictError::Candle(_) => internal(e),
+            PredictError::Corrupt { .. }
+            | PredictError::Engine(_)
+            | PredictError::Batch(_)
+            | PredictError::Spawn { .. } => internal(e),
         }
     }
 }

@@ -10,4 +10,4 @@ pub mod train;
 pub mod tune;
 
 // The engine's modules under the names this crate has always used.
-pub use lstmd_engine::{error, nn};
+pub use lstmd_engine::{backend, error, nn};

@@ -1,6 +1,7 @@
 //! Model formats other than lstmd's own (model.safetensors + metadata.json):
 //! Keras 3 archives and weights files, and ONNX graphs. Pure conversions
 //! between file bytes and an lstmd model; no gRPC, no store.
+pub mod formats;
 pub mod hdf5;
 pub mod keras;
 pub mod keras_export;
@@ -28,6 +29,23 @@ pub enum InteropError {
     /// A weight is missing, misshapen or unexpected.
     #[error("weight {path:?}: {reason}")]
     Weight { path: String, reason: String },
+    /// A request's field breaks a rule.
+    #[error(transparent)]
+    Invalid(#[from] crate::error::InvalidField),
+    #[error("send {} or {}, not both", keras::ARCHIVE, keras::WEIGHTS)]
+    BothKerasFiles,
+    #[error(
+        "send Keras files or {} and {}, not both",
+        formats::WEIGHTS_FILE,
+        formats::METADATA_FILE
+    )]
+    BothForms,
+    #[error(
+        "the stream must carry both {} and {}",
+        formats::WEIGHTS_FILE,
+        formats::METADATA_FILE
+    )]
+    OwnPairIncomplete,
     /// The lstmd model being exported is inconsistent (a store problem).
     #[error("the model's files are unreadable: {0}")]
     Model(String),

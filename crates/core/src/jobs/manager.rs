@@ -18,7 +18,7 @@ use super::tuning::{fresh_trials, Coordinator};
 use super::worker::{run_job, WorkItem, WorkOutcome, WorkerContext};
 use super::JobError;
 use crate::data::Datasets;
-use crate::store::{from_json, now_millis, to_json, ModelRegistry, RecordWrite, Store};
+use crate::store::{from_json, now_millis, to_json, ModelRegistry, RecordWrite, Store, StoreError};
 
 const JOBS: &str = "jobs";
 const EVENTS: &str = "job_events";
@@ -36,6 +36,15 @@ fn parallelism(asked: usize, workers: usize) -> String {
     } else {
         format!("{runs} at a time")
     }
+}
+
+/// A job's durable events, in order.
+fn stored_events(store: &dyn Store, id: &str) -> Result<Vec<JobEvent>, StoreError> {
+    store
+        .list_records(EVENTS, &format!("{id}/"))?
+        .iter()
+        .map(|(_, b)| from_json(b))
+        .collect()
 }
 
 fn event_id(job: &str, seq: u64) -> String {
@@ -136,7 +145,10 @@ impl JobManager {
                     };
                     run_job(&context, item);
                 })
-                .map_err(|e| JobError::Store(e.to_string()))?;
+                .map_err(|source| JobError::Spawn {
+                    thread: "train-worker",
+                    source,
+                })?;
         }
         let coordinators = CoordinatorContext {
             commands: commands.downgrade(),
@@ -162,7 +174,10 @@ impl JobManager {
         std::thread::Builder::new()
             .name("job-manager".into())
             .spawn(move || actor.run(rx))
-            .map_err(|e| JobError::Store(e.to_string()))?;
+            .map_err(|source| JobError::Spawn {
+                thread: "job-manager",
+                source,
+            })?;
         Ok(Self { commands })
     }
 
@@ -224,6 +239,19 @@ impl JobManager {
         self.ask(|reply| Command::DatasetsInUse { reply }).await
     }
 
+    /// The rule before a dataset is deleted: no queued or running job uses
+    /// it. (A job created between this check and the delete fails when it
+    /// starts, with NOT_FOUND for the dataset, in its record.)
+    pub async fn check_dataset_unused(&self, id: &str) -> Result<(), JobError> {
+        match self.datasets_in_use().await?.remove(id) {
+            Some(jobs) => Err(JobError::DatasetInUse {
+                id: id.to_string(),
+                jobs: jobs.join(", "),
+            }),
+            None => Ok(()),
+        }
+    }
+
     pub async fn cancel(&self, id: &str) -> Result<JobRecord, JobError> {
         let id = id.to_string();
         self.ask(|reply| Command::Cancel { id, reply }).await?
@@ -272,15 +300,12 @@ struct Actor {
 
 impl Actor {
     fn recover(&mut self) -> Result<(), JobError> {
-        let store_err = |e: crate::store::StoreError| JobError::Store(e.to_string());
         let mut records: Vec<JobRecord> = self
             .store
-            .list_records(JOBS, "")
-            .map_err(store_err)?
+            .list_records(JOBS, "")?
             .iter()
             .map(|(_, b)| from_json(b))
-            .collect::<Result<_, _>>()
-            .map_err(store_err)?;
+            .collect::<Result<_, _>>()?;
         records.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
         let mut resumed = Vec::new();
         for mut record in records {
@@ -290,15 +315,7 @@ impl Actor {
             record.events = record.events.max(record.seq_reserved);
             let live = !record.state.is_terminal();
             let log = if live {
-                let events = self
-                    .store
-                    .list_records(EVENTS, &format!("{id}/"))
-                    .map_err(store_err)?
-                    .iter()
-                    .map(|(_, b)| from_json(b))
-                    .collect::<Result<Vec<JobEvent>, _>>()
-                    .map_err(store_err)?;
-                Some(JobLog::new(events))
+                Some(JobLog::new(stored_events(self.store.as_ref(), &id)?))
             } else {
                 None
             };
@@ -328,7 +345,7 @@ impl Actor {
             .iter()
             .map(|(id, e)| (id.clone(), &e.record))
             .collect();
-        super::checkpoints::remove_stale_checkpoints(&*self.store, &records).map_err(store_err)?;
+        super::checkpoints::remove_stale_checkpoints(&*self.store, &records)?;
         let searches: Vec<String> = self
             .order
             .iter()
@@ -451,15 +468,7 @@ impl Actor {
         if let Some(log) = &entry.log {
             return Ok(Arc::clone(log));
         }
-        let events = self
-            .store
-            .list_records(EVENTS, &format!("{id}/"))
-            .map_err(|e| JobError::Store(e.to_string()))?
-            .iter()
-            .map(|(_, b)| from_json(b))
-            .collect::<Result<Vec<JobEvent>, _>>()
-            .map_err(|e| JobError::Store(e.to_string()))?;
-        let log = JobLog::new(events);
+        let log = JobLog::new(stored_events(self.store.as_ref(), id)?);
         entry.log = Some(Arc::clone(&log));
         Ok(log)
     }
@@ -525,9 +534,7 @@ impl Actor {
             // The record could not be stored: forget the job.
             self.jobs.remove(&id);
             self.order.pop();
-            return Err(JobError::Store(
-                "the job record could not be written".into(),
-            ));
+            return Err(JobError::NotRecorded);
         }
         if self.jobs[&id].record.kind == JobKind::Tuning {
             // The search itself needs no worker: it starts at once and its

@@ -115,7 +115,12 @@ pub(super) fn run_job(context: &WorkerContext, item: WorkItem) {
         last_checkpoint: None,
     };
     let outcome = match train_and_register(&mut observer) {
-        Ok((model, trained_stop, best_epoch, weights_epoch)) => {
+        Ok(Registered {
+            model,
+            stop: trained_stop,
+            best_epoch,
+            weights_epoch,
+        }) => {
             // The model is registered: the checkpoint has served its
             // purpose, unless a trial may continue from it.
             if !item.request.keep_checkpoint {
@@ -164,7 +169,14 @@ pub(super) fn run_job(context: &WorkerContext, item: WorkItem) {
     });
 }
 
-type Registered = (ModelRef, StopReason, Option<u32>, u32);
+/// What a finished training run left: the registered model and how the
+/// run ended.
+struct Registered {
+    model: ModelRef,
+    stop: StopReason,
+    best_epoch: Option<u32>,
+    weights_epoch: u32,
+}
 
 fn train_and_register(observer: &mut Observer) -> Result<Registered, TrainError> {
     let (context, item) = (observer.context, observer.item);
@@ -187,7 +199,7 @@ fn train_and_register(observer: &mut Observer) -> Result<Registered, TrainError>
         let Some(bytes) = context
             .store
             .get_blob(&checkpoint_key(job))
-            .map_err(|e| TrainError::Checkpoint(e.to_string()))?
+            .map_err(|e| TrainError::Resume(e.to_string()))?
         else {
             return Ok(None);
         };
@@ -197,13 +209,13 @@ fn train_and_register(observer: &mut Observer) -> Result<Registered, TrainError>
             .collect();
         Checkpoint::from_bytes(&bytes, &names, &context.device)
             .map(Some)
-            .map_err(|e| TrainError::Checkpoint(e.to_string()))
+            .map_err(|e| TrainError::Resume(e.to_string()))
     };
     // After a restart, the job's own checkpoint; else the one it continues.
     let own = if item.resume { load(&item.id)? } else { None };
     let continued = match (&own, &request.resume_from) {
         (None, Some(from)) => Some(load(from)?.ok_or_else(|| {
-            TrainError::Checkpoint(format!("job {from} left no checkpoint to continue from"))
+            TrainError::Resume(format!("job {from} left no checkpoint to continue from"))
         })?),
         _ => None,
     };
@@ -260,14 +272,14 @@ fn train_and_register(observer: &mut Observer) -> Result<Registered, TrainError>
     let meta = context
         .registry
         .register(&request.model_name, info.to_map(), &weights)
-        .map_err(|e| TrainError::Checkpoint(format!("saving the model failed: {e}")))?;
-    Ok((
-        ModelRef {
+        .map_err(TrainError::Register)?;
+    Ok(Registered {
+        model: ModelRef {
             name: meta.name,
             version: meta.version,
         },
-        trained.stop,
-        trained.best_epoch,
-        trained.weights_epoch,
-    ))
+        stop: trained.stop,
+        best_epoch: trained.best_epoch,
+        weights_epoch: trained.weights_epoch,
+    })
 }

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::infer::Inference;
 use super::stats::ModelStats;
+use crate::backend::{Backend, EngineError};
 
 #[derive(Clone, Copy, Debug)]
 pub struct BatchingConfig {
@@ -55,7 +55,7 @@ impl LiveSettings {
     }
 }
 
-type Reply = oneshot::Sender<candle_core::Result<Vec<Vec<f32>>>>;
+type Reply = oneshot::Sender<Result<Vec<Vec<f32>>, SubmitError>>;
 
 struct Request {
     sequences: Vec<Vec<u32>>,
@@ -70,16 +70,24 @@ pub struct Batcher {
 }
 
 /// Why a request got no answer.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum SubmitError {
+    #[error("the queue is full")]
     QueueFull,
-    Failed(candle_core::Error),
+    #[error("the model's batcher stopped")]
+    Stopped,
+    #[error("the forward pass panicked")]
+    Panicked,
+    /// Shared by every request of the failed batch.
+    #[error(transparent)]
+    Failed(Arc<EngineError>),
 }
 
 impl Batcher {
     /// Starts the batching thread for `inference`; it ends when the batcher
     /// is dropped (the model left the cache) and its queue is drained.
     pub fn start(
-        inference: Arc<Inference>,
+        inference: Arc<dyn Backend>,
         settings: Arc<LiveSettings>,
         max_queue: usize,
         stats: Arc<ModelStats>,
@@ -121,21 +129,14 @@ impl Batcher {
         };
         self.tx.try_send(request).map_err(|e| match e {
             TrySendError::Full(_) => SubmitError::QueueFull,
-            TrySendError::Disconnected(_) => stopped(),
+            TrySendError::Disconnected(_) => SubmitError::Stopped,
         })?;
-        match rx.await {
-            Ok(result) => result.map_err(SubmitError::Failed),
-            Err(_) => Err(stopped()),
-        }
+        rx.await.unwrap_or(Err(SubmitError::Stopped))
     }
 }
 
-fn stopped() -> SubmitError {
-    SubmitError::Failed(candle_core::Error::Msg("the batcher stopped".into()))
-}
-
 struct Worker {
-    inference: Arc<Inference>,
+    inference: Arc<dyn Backend>,
     settings: Arc<LiveSettings>,
     passes: Arc<AtomicU64>,
     stats: Arc<ModelStats>,
@@ -181,11 +182,11 @@ impl Worker {
         }
         let inference = &self.inference;
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            inference.next_token_probabilities(sequences)
+            inference.probabilities(sequences)
         }));
         let result = match result {
-            Ok(r) => r,
-            Err(_) => Err(candle_core::Error::Msg("the forward pass panicked".into())),
+            Ok(r) => r.map_err(|e| SubmitError::Failed(Arc::new(e))),
+            Err(_) => Err(SubmitError::Panicked),
         };
         match result {
             Ok(probs) => {
@@ -196,7 +197,7 @@ impl Worker {
             }
             Err(e) => {
                 for r in batch.drain(..) {
-                    let _ = r.reply.send(Err(candle_core::Error::Msg(e.to_string())));
+                    let _ = r.reply.send(Err(e.clone()));
                 }
             }
         }

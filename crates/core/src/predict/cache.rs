@@ -15,15 +15,25 @@ struct Slot<T> {
     bytes: u64,
 }
 
+/// The slots, and a clock that ticks at each use (the least recently used
+/// slot has the smallest `last_used`).
+struct Slots<T> {
+    by_key: HashMap<Key, Slot<T>>,
+    clock: u64,
+}
+
 pub struct ModelCache<T> {
-    slots: Mutex<(HashMap<Key, Slot<T>>, u64)>,
+    slots: Mutex<Slots<T>>,
     max_bytes: u64,
 }
 
 impl<T> ModelCache<T> {
     pub fn new(max_bytes: u64) -> Self {
         Self {
-            slots: Mutex::new((HashMap::new(), 0)),
+            slots: Mutex::new(Slots {
+                by_key: HashMap::new(),
+                clock: 0,
+            }),
             max_bytes,
         }
     }
@@ -36,15 +46,15 @@ impl<T> ModelCache<T> {
         Fut: Future<Output = Result<(Arc<T>, u64), E>>,
     {
         let cell = {
-            let mut guard = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-            let (slots, clock) = &mut *guard;
-            *clock += 1;
-            let slot = slots.entry(key.clone()).or_insert_with(|| Slot {
+            let mut slots = self.lock();
+            slots.clock += 1;
+            let clock = slots.clock;
+            let slot = slots.by_key.entry(key.clone()).or_insert_with(|| Slot {
                 cell: Arc::new(OnceCell::new()),
                 last_used: 0,
                 bytes: 0,
             });
-            slot.last_used = *clock;
+            slot.last_used = clock;
             Arc::clone(&slot.cell)
         };
         if let Some(value) = cell.get() {
@@ -68,20 +78,19 @@ impl<T> ModelCache<T> {
     /// The loaded value for `key`, if it is loaded (a load in progress is
     /// not); counts as a use.
     pub fn peek(&self, key: &Key) -> Option<Arc<T>> {
-        let mut guard = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let (slots, clock) = &mut *guard;
-        let slot = slots.get_mut(key)?;
+        let mut slots = self.lock();
+        let clock = slots.clock + 1;
+        let slot = slots.by_key.get_mut(key)?;
         let value = Arc::clone(slot.cell.get()?);
-        *clock += 1;
-        slot.last_used = *clock;
+        slot.last_used = clock;
+        slots.clock = clock;
         Some(value)
     }
 
     /// The loaded versions of `name`.
     pub fn values_of(&self, name: &str) -> Vec<Arc<T>> {
-        let guard = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        guard
-            .0
+        self.lock()
+            .by_key
             .iter()
             .filter(|((n, _), _)| n == name)
             .filter_map(|(_, s)| s.cell.get().cloned())
@@ -91,8 +100,8 @@ impl<T> ModelCache<T> {
     /// Records a fresh load's size and evicts least recently used models
     /// until the budget holds (the newest always stays).
     fn admit(&self, key: &Key, bytes: u64) {
-        let mut guard = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let (slots, _) = &mut *guard;
+        let mut guard = self.lock();
+        let slots = &mut guard.by_key;
         if let Some(slot) = slots.get_mut(key) {
             slot.bytes = bytes;
         }
@@ -118,17 +127,20 @@ impl<T> ModelCache<T> {
 
     /// Drops cached versions of a model (all when `version` is None).
     pub fn evict(&self, name: &str, version: Option<u32>) {
-        let mut guard = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        guard
-            .0
+        self.lock()
+            .by_key
             .retain(|(n, v), _| n != name || version.is_some_and(|want| want != *v));
     }
 
     /// Models in memory and their bytes.
     pub fn loaded(&self) -> (usize, u64) {
-        let guard = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let loaded = guard.0.values().filter(|s| s.cell.get().is_some());
+        let slots = self.lock();
+        let loaded = slots.by_key.values().filter(|s| s.cell.get().is_some());
         loaded.fold((0, 0), |(n, b), s| (n + 1, b + s.bytes))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots<T>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

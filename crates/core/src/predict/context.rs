@@ -3,7 +3,7 @@
 //! tokens for a window model (re-read from a zero state, as every training
 //! window started), the carried recurrent state for a stateful model (or
 //! when a client asks for the whole input).
-use super::infer::{Carried, Inference};
+use crate::backend::{Backend, Carried, EngineError};
 use crate::nn::InferenceContext;
 
 pub enum Reading {
@@ -39,7 +39,7 @@ impl Reading {
     /// Appends `ids` (1 or more); the next-token probabilities after them.
     /// A carried state costs one step per new token; a window costs up to
     /// `window` steps per call. On an error the reading is as it was.
-    pub fn feed(&mut self, inference: &Inference, ids: &[u32]) -> candle_core::Result<Vec<f32>> {
+    pub fn feed(&mut self, inference: &dyn Backend, ids: &[u32]) -> Result<Vec<f32>, EngineError> {
         match self {
             Reading::Carried(state) => {
                 let (probs, next) = inference.step(ids, state.as_ref())?;
@@ -52,7 +52,7 @@ impl Reading {
                 next.extend_from_slice(&recent[recent.len() - keep..]);
                 next.extend_from_slice(&ids[ids.len().saturating_sub(*window)..]);
                 let probs = inference
-                    .next_token_probabilities(std::slice::from_ref(&next))?
+                    .probabilities(std::slice::from_ref(&next))?
                     .remove(0);
                 *recent = next;
                 Ok(probs)

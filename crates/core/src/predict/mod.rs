@@ -11,7 +11,7 @@
 pub mod batcher;
 pub mod cache;
 pub mod context;
-pub mod infer;
+pub mod sampling;
 pub mod sessions;
 pub mod stats;
 
@@ -25,10 +25,11 @@ use tokio::sync::{mpsc, Semaphore};
 use batcher::{Batcher, BatchingConfig, LiveSettings, SubmitError};
 use cache::ModelCache;
 use context::Reading;
-use infer::{sample, top_k_of, Inference};
+use sampling::{sample, top_k_of};
 use sessions::Sessions;
 use stats::{ModelStats, StatsTable};
 
+use crate::backend::{backend_for, Backend, EngineError};
 use crate::data::vocabulary::check_ids;
 use crate::error::{check_range, InvalidField};
 use crate::nn::metadata::ModelInfo;
@@ -56,7 +57,14 @@ pub enum PredictError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("inference failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Engine(#[from] EngineError),
+    #[error("inference failed: {0}")]
+    Batch(SubmitError),
+    #[error("could not start the batcher thread of model {name}: {source}")]
+    Spawn {
+        name: String,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -128,7 +136,7 @@ pub struct LoadedModel {
     pub name: String,
     pub version: u32,
     pub info: ModelInfo,
-    pub inference: Arc<Inference>,
+    pub inference: Arc<dyn Backend>,
     pub batcher: Batcher,
     pub stats: Arc<ModelStats>,
 }
@@ -254,19 +262,10 @@ impl Predictor {
             .cache
             .get_or_load(key, || async move {
                 let (n, v) = (name.to_string(), version);
-                let loaded = tokio::task::spawn_blocking(move || {
-                    let meta = registry
-                        .get(&n, Some(v))?
-                        .ok_or_else(|| PredictError::NotFound(format!("{n:?} version {v}")))?;
-                    let settings = registry.settings(&n)?;
-                    let ((name, version, info, network), bytes) = load(&registry, meta, &device)?;
-                    let inference = Inference::new(network)?;
-                    warm_up(&inference)?;
-                    Ok::<_, PredictError>((name, version, info, inference, bytes, settings))
-                })
-                .await
-                .expect("model load does not panic")?;
-                let (name, version, info, inference, bytes, settings) = loaded;
+                let ready = tokio::task::spawn_blocking(move || load(&registry, &n, v, &device))
+                    .await
+                    .expect("model load does not panic")?;
+                let settings = ready.settings;
                 live.set(
                     settings
                         .max_batch
@@ -275,7 +274,14 @@ impl Predictor {
                         .max_delay_us
                         .map_or(defaults.max_delay, Duration::from_micros),
                 );
-                let inference = Arc::new(inference);
+                let Ready {
+                    name,
+                    version,
+                    info,
+                    inference,
+                    weights_bytes,
+                    ..
+                } = ready;
                 let batcher = Batcher::start(
                     Arc::clone(&inference),
                     live,
@@ -283,7 +289,10 @@ impl Predictor {
                     Arc::clone(&stats),
                     &name,
                 )
-                .map_err(|e| PredictError::Candle(candle_core::Error::Msg(e.to_string())))?;
+                .map_err(|source| PredictError::Spawn {
+                    name: format!("{name}@{version}"),
+                    source,
+                })?;
                 Ok::<_, PredictError>((
                     Arc::new(LoadedModel {
                         name,
@@ -293,7 +302,7 @@ impl Predictor {
                         batcher,
                         stats,
                     }),
-                    bytes,
+                    weights_bytes,
                 ))
             })
             .await?;
@@ -455,7 +464,7 @@ impl Predictor {
             SubmitError::QueueFull => {
                 PredictError::QueueFull(format!("{}@{}", model.name, model.version))
             }
-            SubmitError::Failed(e) => PredictError::Candle(e),
+            e => PredictError::Batch(e),
         })
     }
 
@@ -539,7 +548,7 @@ impl Predictor {
         let inference = Arc::clone(&model.inference);
         let mut reading = std::mem::replace(&mut session.reading, Reading::Carried(None));
         let (result, reading) = tokio::task::spawn_blocking(move || {
-            let r = reading.feed(&inference, &ids);
+            let r = reading.feed(inference.as_ref(), &ids);
             (r, reading)
         })
         .await
@@ -595,22 +604,22 @@ impl Predictor {
         tokio::task::spawn_blocking(move || {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(params.seed);
             let inference = &model.inference;
-            let mut run = || -> candle_core::Result<()> {
+            let mut run = || -> Result<(), EngineError> {
                 // A window model re-reads the last `window` tokens before
                 // each new one; a stateful one carries its state.
-                let mut probs = reading.feed(inference, &prompt)?;
+                let mut probs = reading.feed(inference.as_ref(), &prompt)?;
                 for _ in 0..params.max_tokens {
                     let id = sample(&probs, params.temperature, params.top_k, &mut rng);
                     let token = Self::token(&model, id, probs[id as usize] as f64);
                     if tx.blocking_send(Ok(token)).is_err() || params.stop_ids.contains(&id) {
                         return Ok(());
                     }
-                    probs = reading.feed(inference, &[id])?;
+                    probs = reading.feed(inference.as_ref(), &[id])?;
                 }
                 Ok(())
             };
             if let Err(e) = run() {
-                let _ = tx.blocking_send(Err(PredictError::Candle(e)));
+                let _ = tx.blocking_send(Err(PredictError::Engine(e)));
             }
         });
         Ok(rx)
@@ -639,30 +648,49 @@ fn session_reading(model: &LoadedModel, whole_input: bool) -> Reading {
     )
 }
 
-type Loaded = ((String, u32, ModelInfo, Network), u64);
-
-/// Runs a freshly loaded model once (one token), so its first request
-/// finds the kernels' buffers and pages in place.
-fn warm_up(inference: &Inference) -> Result<(), PredictError> {
-    inference.next_token_probabilities(&[vec![0]])?;
-    Ok(())
+/// A registered version read from the store, its backend built and run
+/// once: ready for traffic.
+struct Ready {
+    name: String,
+    version: u32,
+    info: ModelInfo,
+    inference: Arc<dyn Backend>,
+    settings: ModelSettings,
+    weights_bytes: u64,
 }
 
 fn load(
     registry: &ModelRegistry,
-    meta: crate::store::ModelMetadata,
+    name: &str,
+    version: u32,
     device: &Device,
-) -> Result<Loaded, PredictError> {
+) -> Result<Ready, PredictError> {
+    let meta = registry
+        .get(name, Some(version))?
+        .ok_or_else(|| PredictError::NotFound(format!("{name:?} version {version}")))?;
+    let settings = registry.settings(name)?;
     let corrupt = |reason: String| PredictError::Corrupt {
-        name: format!("{}@{}", meta.name, meta.version),
+        name: format!("{name}@{version}"),
         reason,
     };
     let info = ModelInfo::from_map(&meta.rest).map_err(corrupt)?;
     let bytes = registry
-        .weights(&meta.name, meta.version)?
+        .weights(name, version)?
         .ok_or_else(|| corrupt("weights file is missing".into()))?;
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+        .map_err(|e| corrupt(format!("weights are unreadable: {e}")))?;
     let network =
         Network::from_tensors(&info.spec, &tensors).map_err(|e: NnError| corrupt(e.to_string()))?;
-    Ok(((meta.name, meta.version, info, network), bytes.len() as u64))
+    let inference: Arc<dyn Backend> = Arc::from(backend_for(network)?);
+    // One token through it, so the first request finds the kernels'
+    // buffers and pages in place.
+    inference.probabilities(&[vec![0]])?;
+    Ok(Ready {
+        name: meta.name,
+        version: meta.version,
+        info,
+        inference,
+        settings,
+        weights_bytes: bytes.len() as u64,
+    })
 }

@@ -10,7 +10,7 @@ pub mod records;
 
 pub use catalog::{ModelSettings, Selector};
 pub use local::LocalStore;
-pub use models::{ModelMetadata, ModelRegistry};
+pub use models::{Listing, ModelMetadata, ModelRegistry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -30,6 +30,13 @@ pub struct ModelMetadata {
     pub rest: serde_json::Map<String, serde_json::Value>,
 }
 
+/// A registered version as listings show it: its record and the size of
+/// its weights.
+pub struct Listing {
+    pub metadata: ModelMetadata,
+    pub weights_bytes: u64,
+}
+
 pub fn weights_key(name: &str, version: u32) -> String {
     format!("models/{name}/{version}/model.safetensors")
 }
@@ -105,6 +112,37 @@ impl ModelRegistry {
                 None => Ok(None),
             },
         }
+    }
+
+    /// The latest version of every name, by name.
+    pub fn latest_of_each(&self) -> Result<Vec<Listing>, StoreError> {
+        let mut latest: std::collections::BTreeMap<String, ModelMetadata> = Default::default();
+        for m in self.list()? {
+            match latest.get(&m.name) {
+                Some(l) if l.version >= m.version => {}
+                _ => {
+                    latest.insert(m.name.clone(), m);
+                }
+            }
+        }
+        latest.into_values().map(|m| self.listing_of(m)).collect()
+    }
+
+    /// One version (the latest when `version` is None) with its size.
+    pub fn listing(&self, name: &str, version: Option<u32>) -> Result<Option<Listing>, StoreError> {
+        self.get(name, version)?
+            .map(|m| self.listing_of(m))
+            .transpose()
+    }
+
+    fn listing_of(&self, metadata: ModelMetadata) -> Result<Listing, StoreError> {
+        let weights_bytes = self
+            .weights_size(&metadata.name, metadata.version)?
+            .unwrap_or(0);
+        Ok(Listing {
+            metadata,
+            weights_bytes,
+        })
     }
 
     pub fn weights(&self, name: &str, version: u32) -> Result<Option<Vec<u8>>, StoreError> {

@@ -26,6 +26,12 @@ pub enum TrainError {
     NoData(String),
     #[error("writing the checkpoint failed: {0}")]
     Checkpoint(String),
+    #[error("resuming from a checkpoint failed: {0}")]
+    Resume(String),
+    #[error("saving the model failed: {0}")]
+    Register(crate::store::StoreError),
+    #[error("serializing the weights failed: {0}")]
+    Serialize(#[from] safetensors::SafeTensorError),
     #[error(transparent)]
     Nn(#[from] NnError),
     #[error("tensor computation failed: {0}")]
@@ -35,5 +41,5 @@ pub enum TrainError {
 /// Serializes named tensors as a safetensors file.
 pub fn to_safetensors(parameters: &[(String, candle_core::Tensor)]) -> Result<Vec<u8>, TrainError> {
     safetensors::serialize(parameters.iter().map(|(n, t)| (n.as_str(), t)), None)
-        .map_err(|e| TrainError::Candle(candle_core::Error::Msg(e.to_string())))
+        .map_err(TrainError::Serialize)
 }
