@@ -1,7 +1,13 @@
 //! Training: config, optimizer, checkpoints, the loop and its events.
 pub mod adam;
+mod batches;
+mod callbacks;
 pub mod checkpoint;
 pub mod config;
+mod evaluate;
+mod parameters;
+mod split;
+mod tally;
 pub mod trainer;
 
 pub use checkpoint::{Checkpoint, CheckpointError, RunState};
