@@ -289,7 +289,7 @@ async fn a_restart_removes_checkpoints_no_job_can_resume_from() {
     assert!(!checkpoint(&succeeded.id).exists(), "success removes it");
     let queued = c
         .jobs
-        .create_training_job(long_job(&ds.id, "cancelled", 1))
+        .create_training_job(long_job(&ds.id, "cancelled", 10_000))
         .await
         .unwrap()
         .into_inner();
@@ -299,7 +299,9 @@ async fn a_restart_removes_checkpoints_no_job_can_resume_from() {
         })
         .await
         .unwrap();
-    watch_all(&mut c, &queued.id).await;
+    // Long enough that the cancel lands before it can succeed.
+    let cancelled = watch_all(&mut c, &queued.id).await;
+    assert_eq!(finished(&cancelled).state, pb::JobState::Cancelled as i32);
     server.stop().await.unwrap();
 
     for job in [
