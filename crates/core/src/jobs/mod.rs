@@ -1,7 +1,9 @@
 //! Jobs: queue, worker pool, durable records, progress fan-out, cancel,
 //! resume after a restart.
+mod actor;
 pub mod admission;
 mod checkpoints;
+mod command;
 pub mod log;
 pub mod manager;
 pub mod record;

@@ -7,9 +7,9 @@ use candle_core::Device;
 use tokio::sync::mpsc;
 
 use super::checkpoints::{checkpoint_folder, checkpoint_key};
-use super::manager::Command;
+use super::command::{Command, WorkOutcome};
 use super::record::{EventKind, Finished, JobState, ModelRef, TrainingRequest};
-use crate::data::Datasets;
+use crate::data::{Datasets, TokenStream, Vocabulary};
 use crate::nn::metadata::{ModelInfo, FORMAT};
 use crate::nn::naming::parameter_shapes;
 use crate::store::{now_millis, ModelRegistry, Store};
@@ -22,14 +22,6 @@ pub(super) struct WorkItem {
     pub request: TrainingRequest,
     pub cancel: Arc<AtomicBool>,
     pub resume: bool,
-}
-
-pub(super) enum WorkOutcome {
-    Finished(Finished),
-    /// Stopped by a shutdown; the job resumes from its checkpoint later.
-    Interrupted {
-        message: String,
-    },
 }
 
 pub(super) struct WorkerContext {
@@ -181,77 +173,14 @@ struct Registered {
 fn train_and_register(observer: &mut Observer) -> Result<Registered, TrainError> {
     let (context, item) = (observer.context, observer.item);
     let request = &item.request;
-    let no_data = |e: crate::data::DataError| TrainError::NoData(e.to_string());
-    let tokens = context
-        .datasets
-        .tokens(&request.dataset_id)
-        .map_err(no_data)?;
-    let vocabulary = context
-        .datasets
-        .get(&request.dataset_id)
-        .map_err(no_data)?
-        .vocabulary;
-    let validation = match &request.validation_dataset_id {
-        Some(id) => Some(context.datasets.tokens(id).map_err(no_data)?),
-        None => None,
-    };
-    let load = |job: &str| -> Result<Option<Checkpoint>, TrainError> {
-        let Some(bytes) = context
-            .store
-            .get_blob(&checkpoint_key(job))
-            .map_err(|e| TrainError::Resume(e.to_string()))?
-        else {
-            return Ok(None);
-        };
-        let names: Vec<String> = parameter_shapes(&request.spec)
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        Checkpoint::from_bytes(&bytes, &names, &context.device)
-            .map(Some)
-            .map_err(|e| TrainError::Resume(e.to_string()))
-    };
-    // After a restart, the job's own checkpoint; else the one it continues.
-    let own = if item.resume { load(&item.id)? } else { None };
-    let continued = match (&own, &request.resume_from) {
-        (None, Some(from)) => Some(load(from)?.ok_or_else(|| {
-            TrainError::Resume(format!("job {from} left no checkpoint to continue from"))
-        })?),
-        _ => None,
-    };
-    let device = device_name(&context.device);
-    observer.send(EventKind::State {
-        state: JobState::Running,
-        message: match (&own, item.resume) {
-            _ if continued.is_some() => format!(
-                "continuing on {device} from job {}'s epoch {} checkpoint",
-                request.resume_from.as_deref().unwrap_or_default(),
-                continued.as_ref().map_or(0, |cp| cp.state.epoch)
-            ),
-            (Some(cp), _) => format!("resumed on {device} from the epoch {} checkpoint after a restart", cp.state.epoch),
-            (None, true) => format!("restarted on {device} from the beginning after a restart (no checkpoint was written)"),
-            (None, false) => format!("training on {device}"),
-        },
-    });
-    let resume = own.or(continued);
-    observer.last_checkpoint = resume.as_ref().map(|cp| cp.state.epoch);
-    if let Some(cp) = &resume {
-        // A crash can fall between a checkpoint and its epoch event: report
-        // the checkpoint's epochs again (the manager drops known ones).
-        for metrics in &cp.state.history {
-            observer.event(TrainEvent::Epoch {
-                metrics: metrics.clone(),
-                epochs: request.config.epochs,
-                eta_seconds: 0.0,
-            });
-        }
-    }
+    let data = JobData::load(context, request)?;
+    let resume = starting_point(observer)?;
     let trained = train::train(
         TrainInput {
             spec: &request.spec,
             config: &request.config,
-            tokens: &tokens,
-            validation_tokens: validation.as_deref(),
+            tokens: &data.tokens,
+            validation_tokens: data.validation.as_deref(),
             device: &context.device,
             resume,
         },
@@ -261,7 +190,7 @@ fn train_and_register(observer: &mut Observer) -> Result<Registered, TrainError>
         format: FORMAT.to_string(),
         created_at_ms: now_millis(),
         spec: request.spec.clone(),
-        vocabulary,
+        vocabulary: data.vocabulary,
         training: serde_json::to_value(&request.config).expect("config serializes"),
         history: trained.history,
         dataset_id: request.dataset_id.clone(),
@@ -282,4 +211,97 @@ fn train_and_register(observer: &mut Observer) -> Result<Registered, TrainError>
         best_epoch: trained.best_epoch,
         weights_epoch: trained.weights_epoch,
     })
+}
+
+/// The datasets a job trains and validates on.
+struct JobData {
+    tokens: TokenStream,
+    /// None for an ids dataset.
+    vocabulary: Option<Vocabulary>,
+    validation: Option<TokenStream>,
+}
+
+impl JobData {
+    fn load(context: &WorkerContext, request: &TrainingRequest) -> Result<Self, TrainError> {
+        let no_data = |e: crate::data::DataError| TrainError::NoData(e.to_string());
+        let datasets = &context.datasets;
+        let validation = match &request.validation_dataset_id {
+            Some(id) => Some(datasets.tokens(id).map_err(no_data)?),
+            None => None,
+        };
+        Ok(JobData {
+            tokens: datasets.tokens(&request.dataset_id).map_err(no_data)?,
+            vocabulary: datasets
+                .get(&request.dataset_id)
+                .map_err(no_data)?
+                .vocabulary,
+            validation,
+        })
+    }
+}
+
+/// The checkpoint a run starts from: after a restart the job's own, else
+/// the one it continues (if any). Says so in the Running event, and
+/// reports the checkpoint's epochs again, as a crash can fall between a
+/// checkpoint and its epoch event (the manager drops known ones).
+fn starting_point(observer: &mut Observer) -> Result<Option<Checkpoint>, TrainError> {
+    let (context, item) = (observer.context, observer.item);
+    let request = &item.request;
+    let own = if item.resume {
+        load_checkpoint(context, request, &item.id)?
+    } else {
+        None
+    };
+    let continued = match (&own, &request.resume_from) {
+        (None, Some(from)) => Some(load_checkpoint(context, request, from)?.ok_or_else(|| {
+            TrainError::Resume(format!("job {from} left no checkpoint to continue from"))
+        })?),
+        _ => None,
+    };
+    let device = device_name(&context.device);
+    observer.send(EventKind::State {
+        state: JobState::Running,
+        message: match (&own, item.resume) {
+            _ if continued.is_some() => format!(
+                "continuing on {device} from job {}'s epoch {} checkpoint",
+                request.resume_from.as_deref().unwrap_or_default(),
+                continued.as_ref().map_or(0, |cp| cp.state.epoch)
+            ),
+            (Some(cp), _) => format!("resumed on {device} from the epoch {} checkpoint after a restart", cp.state.epoch),
+            (None, true) => format!("restarted on {device} from the beginning after a restart (no checkpoint was written)"),
+            (None, false) => format!("training on {device}"),
+        },
+    });
+    let resume = own.or(continued);
+    observer.last_checkpoint = resume.as_ref().map(|cp| cp.state.epoch);
+    for metrics in resume.iter().flat_map(|cp| &cp.state.history) {
+        observer.event(TrainEvent::Epoch {
+            metrics: metrics.clone(),
+            epochs: request.config.epochs,
+            eta_seconds: 0.0,
+        });
+    }
+    Ok(resume)
+}
+
+/// Job `job`'s checkpoint for `request`'s model, None when it left none.
+fn load_checkpoint(
+    context: &WorkerContext,
+    request: &TrainingRequest,
+    job: &str,
+) -> Result<Option<Checkpoint>, TrainError> {
+    let resume_error = |e: String| TrainError::Resume(e);
+    let Some(bytes) = (context.store)
+        .get_blob(&checkpoint_key(job))
+        .map_err(|e| resume_error(e.to_string()))?
+    else {
+        return Ok(None);
+    };
+    let names: Vec<String> = parameter_shapes(&request.spec)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    Checkpoint::from_bytes(&bytes, &names, &context.device)
+        .map(Some)
+        .map_err(|e| resume_error(e.to_string()))
 }
