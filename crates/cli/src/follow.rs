@@ -6,8 +6,8 @@ use std::io::{BufRead, IsTerminal, Write};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::client::Client;
+use super::leaderboard::{self, Leaderboard};
 use super::output::{self, Format};
-use super::tune::Leaderboard;
 use super::Failure;
 use crate::proto as pb;
 use crate::proto::job_event::Kind;
@@ -197,12 +197,12 @@ impl View {
                 }
             }
             Some(Kind::Trial(t)) => {
-                let live = super::tune::live(self.format);
+                let live = leaderboard::live(self.format);
                 self.bar.suspend(|| self.leaderboard.on_event(t, live));
             }
             Some(Kind::Finished(f)) => {
                 self.bar.finish_and_clear();
-                self.leaderboard.finish(super::tune::live(self.format));
+                self.leaderboard.finish(leaderboard::live(self.format));
                 self.note(&finished_line(&event.job_id, &f));
                 return Ok(Some(f));
             }

@@ -170,6 +170,6 @@ fn show(job: &pb::Job) {
     }
     if !job.trials.is_empty() {
         println!();
-        output::print_table(&super::tune::trials_table(&job.trials));
+        output::print_table(&super::leaderboard::trials_table(&job.trials));
     }
 }

@@ -9,6 +9,7 @@ pub mod client;
 pub mod datasets;
 pub mod follow;
 pub mod jobs;
+pub mod leaderboard;
 pub mod models;
 pub mod output;
 pub mod plot;

@@ -4,7 +4,6 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use super::tokens::TokenStream;
-use super::upload::{Upload, UploadHeader};
 use super::vocabulary::{check_ids, Vocabulary};
 use super::DataError;
 use crate::error::{check_name, check_range, InvalidField};
@@ -233,12 +232,6 @@ impl Datasets {
                 field,
             },
         )
-    }
-
-    /// Starts a streamed upload: checks the header, and stages the data in
-    /// files that vanish unless `Upload::finish` commits them.
-    pub fn begin_upload(self: &Arc<Self>, header: UploadHeader) -> Result<Upload, DataError> {
-        Upload::begin(Arc::clone(self), header)
     }
 
     /// Stores the tokens, then the record (the commit point: a dataset

@@ -237,7 +237,9 @@ pub struct Upload {
 }
 
 impl Upload {
-    pub(crate) fn begin(datasets: Arc<Datasets>, header: UploadHeader) -> Result<Self, DataError> {
+    /// Starts a streamed upload into `datasets`: checks the header, and
+    /// stages the data in files that vanish unless `finish` commits them.
+    pub fn begin(datasets: Arc<Datasets>, header: UploadHeader) -> Result<Self, DataError> {
         check_name("header.name", &header.name)?;
         let limits = datasets.limits().clone();
         let body = match header.tokenizer {

@@ -13,7 +13,9 @@ use super::InteropError;
 use crate::nn::naming::{direction_names, DENSE_BIAS, DENSE_WEIGHT, EMBEDDING};
 use crate::nn::{Cell, LayerSpec};
 
-/// The generated messages of `proto/onnx/onnx.proto`.
+/// The generated messages of `proto/onnx/onnx.proto` (generated code: its
+/// doc comments are upstream's).
+#[allow(clippy::all)]
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
 }

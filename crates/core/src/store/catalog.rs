@@ -74,12 +74,15 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// Reads the catalog from the records (once, at start).
-    pub fn load(store: &dyn Store, models_table: &str) -> Result<Self, StoreError> {
+    /// Reads the catalog from the records (once, at start), given every
+    /// registered (name, version).
+    pub fn load(
+        store: &dyn Store,
+        versions: impl IntoIterator<Item = (String, u32)>,
+    ) -> Result<Self, StoreError> {
         let mut catalog = Self::default();
-        for (_, bytes) in store.list_records(models_table, "")? {
-            let m: super::ModelMetadata = from_json(&bytes)?;
-            catalog.add_version(&m.name, m.version);
+        for (name, version) in versions {
+            catalog.add_version(&name, version);
         }
         for (_, bytes) in store.list_records(LABELS, "")? {
             let l: LabelRecord = from_json(&bytes)?;
@@ -160,101 +163,9 @@ impl Catalog {
     }
 }
 
-/// Reads and writes through the catalog; the records stay the truth.
-impl super::ModelRegistry {
-    /// Runs `f` on the catalog, reading it from the records the first time.
-    fn with_catalog<T>(&self, f: impl FnOnce(&Catalog) -> T) -> Result<T, StoreError> {
-        {
-            let guard = self.catalog.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(c) = guard.as_ref() {
-                return Ok(f(c));
-            }
-        }
-        let mut guard = self.catalog.write().unwrap_or_else(|e| e.into_inner());
-        if guard.is_none() {
-            *guard = Some(Catalog::load(&*self.store, super::models::TABLE)?);
-        }
-        Ok(f(guard.as_ref().expect("just loaded")))
-    }
-
-    /// Applies a change the records already hold (a catalog not yet read
-    /// will read it).
-    pub(super) fn update_catalog(&self, f: impl FnOnce(&mut Catalog)) {
-        let mut guard = self.catalog.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = guard.as_mut() {
-            f(c);
-        }
-    }
-
-    /// Reads the catalog now, so that no request pays for it.
-    pub fn load_catalog(&self) -> Result<(), StoreError> {
-        self.with_catalog(|_| ())
-    }
-
-    /// The existing version `selector` names: a map lookup.
-    pub fn resolve(&self, name: &str, selector: &Selector) -> Result<Option<u32>, StoreError> {
-        self.with_catalog(|c| c.resolve(name, selector))
-    }
-
-    pub fn versions(&self, name: &str) -> Result<Vec<u32>, StoreError> {
-        self.with_catalog(|c| c.versions(name))
-    }
-
-    pub fn labels(&self, name: &str) -> Result<Vec<(String, u32)>, StoreError> {
-        self.with_catalog(|c| c.labels(name))
-    }
-
-    pub fn settings(&self, name: &str) -> Result<ModelSettings, StoreError> {
-        self.with_catalog(|c| c.settings(name))
-    }
-
-    /// Points `label` of `name` at `version` (None removes it) in one record
-    /// write; returns the version it named before. Refuses a version that
-    /// does not exist.
-    pub fn set_label(
-        &self,
-        name: &str,
-        label: &str,
-        version: Option<u32>,
-    ) -> Result<Result<Option<u32>, NoSuchVersion>, StoreError> {
-        self.load_catalog()?;
-        let mut guard = self.catalog.write().unwrap_or_else(|e| e.into_inner());
-        let catalog = guard.as_mut().expect("loaded above");
-        let before = catalog.resolve_label_raw(name, label);
-        if let Some(v) = version {
-            if catalog.resolve(name, &Selector::Version(v)).is_none() {
-                return Ok(Err(NoSuchVersion(v)));
-            }
-            let record = LabelRecord {
-                name: name.into(),
-                label: label.into(),
-                version: v,
-            };
-            self.store
-                .put_record(LABELS, &label_id(name, label), &super::to_json(&record))?;
-        } else {
-            self.store.delete_record(LABELS, &label_id(name, label))?;
-        }
-        catalog.set_label(name, label, version);
-        Ok(Ok(before))
-    }
-
-    pub fn set_settings(&self, name: &str, settings: ModelSettings) -> Result<(), StoreError> {
-        self.load_catalog()?;
-        let mut guard = self.catalog.write().unwrap_or_else(|e| e.into_inner());
-        self.store
-            .put_record(SETTINGS, name, &super::to_json(&settings))?;
-        guard
-            .as_mut()
-            .expect("loaded above")
-            .set_settings(name, settings);
-        Ok(())
-    }
-}
-
 impl Catalog {
     /// What `label` points at, whether or not that version still exists.
-    fn resolve_label_raw(&self, name: &str, label: &str) -> Option<u32> {
+    pub(super) fn resolve_label_raw(&self, name: &str, label: &str) -> Option<u32> {
         self.labels.get(name)?.get(label).copied()
     }
 }

@@ -7,6 +7,7 @@ pub mod leftovers;
 pub mod local;
 pub mod models;
 pub mod records;
+mod registry_catalog;
 
 pub use catalog::{ModelSettings, Selector};
 pub use local::LocalStore;

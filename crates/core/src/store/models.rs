@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::catalog::{Catalog, Selector};
 use super::{from_json, to_json, Store, StoreError};
 
-pub(super) const TABLE: &str = "models";
+const TABLE: &str = "models";
 /// Per name, the last version number handed out (deleted ones included).
 const VERSIONS: &str = "model_versions";
 

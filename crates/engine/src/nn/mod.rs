@@ -7,11 +7,13 @@ pub mod network;
 pub mod recurrent;
 pub mod spec;
 pub mod summary;
+pub mod validation;
 
 pub use context::{InferenceContext, LossPositions};
 pub use network::{initial_parameters, Dropout, Network};
 pub use recurrent::LayerState;
-pub use spec::{Cell, LayerSpec, ModelSpec, SpecLimits, SpecRequest};
+pub use spec::{Cell, LayerSpec, ModelSpec};
+pub use validation::{SpecLimits, SpecRequest};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NnError {
