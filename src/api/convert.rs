@@ -11,6 +11,7 @@ use crate::train::config::{
 };
 use crate::train::{TrainConfig, TrainConfigRequest};
 
+/// Milliseconds since the Unix epoch as a proto timestamp.
 pub fn timestamp(ms: u64) -> pbjson_types::Timestamp {
     pbjson_types::Timestamp {
         seconds: (ms / 1000) as i64,
@@ -59,6 +60,7 @@ pub fn spec_request(spec: Option<pb::ModelSpec>) -> Result<SpecRequest, InvalidF
     })
 }
 
+/// A resolved model spec as the proto's, every field filled.
 pub fn spec_to_proto(spec: &ModelSpec) -> pb::ModelSpec {
     pb::ModelSpec {
         preset: String::new(),
@@ -99,6 +101,8 @@ pub fn f32_as_written(v: f32) -> f64 {
     v.to_string().parse().unwrap_or_else(|_| f64::from(v))
 }
 
+/// A requested training config as the domain's request: fields the
+/// client left unset stay None, so the defaults are chosen in one place.
 pub fn config_request(config: Option<pb::TrainingConfig>) -> TrainConfigRequest {
     let c = config.unwrap_or_default();
     TrainConfigRequest {
@@ -145,6 +149,7 @@ fn monitor_to_proto(m: &Monitor) -> pb::Monitor {
     }
 }
 
+/// A resolved training config as the proto's, every field filled.
 pub fn config_to_proto(c: &TrainConfig) -> pb::TrainingConfig {
     pb::TrainingConfig {
         epochs: Some(c.epochs),
@@ -185,6 +190,7 @@ pub fn config_to_proto(c: &TrainConfig) -> pb::TrainingConfig {
     }
 }
 
+/// One epoch's metrics as the proto's.
 pub fn metrics_to_proto(m: &EpochMetrics) -> pb::EpochMetrics {
     pb::EpochMetrics {
         epoch: m.epoch,
@@ -202,6 +208,7 @@ pub fn metrics_to_proto(m: &EpochMetrics) -> pb::EpochMetrics {
     }
 }
 
+/// A job state as the proto's.
 pub fn state_to_proto(s: JobState) -> pb::JobState {
     match s {
         JobState::Queued => pb::JobState::Queued,
@@ -212,6 +219,8 @@ pub fn state_to_proto(s: JobState) -> pb::JobState {
     }
 }
 
+/// A job-state filter from the wire: None for UNSPECIFIED (no filter),
+/// an error naming `state` for a number outside the enum.
 pub fn state_from_proto(s: i32) -> Result<Option<JobState>, InvalidField> {
     Ok(match pb::JobState::try_from(s) {
         Ok(pb::JobState::Unspecified) => None,
@@ -236,6 +245,7 @@ fn model_ref(m: &ModelRef) -> pb::ModelRef {
     }
 }
 
+/// A job event as the proto's, its kind mapped one to one.
 pub fn event_to_proto(e: &JobEvent) -> pb::JobEvent {
     use pb::job_event::Kind;
     let kind = match &e.kind {
@@ -298,6 +308,8 @@ pub fn event_to_proto(e: &JobEvent) -> pb::JobEvent {
     }
 }
 
+/// A job record as the proto's `Job`; a tuning job's trials come
+/// best first, the unscored after them.
 pub fn job_to_proto(j: &JobRecord) -> pb::Job {
     pb::Job {
         id: j.id.clone(),
@@ -331,6 +343,7 @@ pub fn job_to_proto(j: &JobRecord) -> pb::Job {
     }
 }
 
+/// One trial of a search as the proto's.
 pub fn trial_to_proto(t: &TrialRecord) -> pb::Trial {
     pb::Trial {
         number: t.number,

@@ -155,6 +155,82 @@ pub fn dataset_to_proto(d: &DatasetRecord) -> pb::Dataset {
     }
 }
 
+/// Reads an upload's first message, which must be its header.
+async fn read_header(
+    api: &DatasetApi,
+    stream: &mut Streaming<pb::UploadDatasetRequest>,
+) -> Result<UploadHeader, Status> {
+    use pb::upload_dataset_request::Part;
+    match stream.message().await? {
+        Some(pb::UploadDatasetRequest {
+            part: Some(Part::Header(h)),
+        }) => {
+            let reused = api
+                .reused_vocabulary("header.vocabulary_from", h.vocabulary_from.clone())
+                .await?;
+            header_from_proto(h, reused)
+        }
+        Some(_) => Err(Status::invalid_argument(
+            "messages[0] must be the header; chunks follow it",
+        )),
+        None => Err(Status::invalid_argument(
+            "messages must start with a header, got an empty stream",
+        )),
+    }
+}
+
+/// What message `index` of an upload brings: a chunk, the end (only when
+/// the client ended its stream normally), or why the upload stops.
+fn piece_of(
+    message: Result<Option<pb::UploadDatasetRequest>, Status>,
+    index: u64,
+    stream_end: Option<&RequestEnd>,
+) -> Result<Piece, Status> {
+    use pb::upload_dataset_request::Part;
+    let part = match message? {
+        None => return check_clean_end(stream_end).map(|()| Piece::End),
+        Some(m) => m.part,
+    };
+    match part {
+        Some(Part::Chunk(bytes)) if !bytes.is_empty() => Ok(Piece::Chunk(bytes)),
+        Some(Part::Chunk(_)) => Err(Status::invalid_argument(format!(
+            "messages[{index}].chunk must hold 1 or more bytes, got none"
+        ))),
+        Some(Part::Header(_)) => Err(Status::invalid_argument(format!(
+            "messages[{index}] must be a chunk: only the first message is a header"
+        ))),
+        None => Err(Status::invalid_argument(format!(
+            "messages[{index}] must set chunk"
+        ))),
+    }
+}
+
+/// An upload's answer: the worker's error first (bad data is the cause),
+/// then why the stream stopped, else the new dataset.
+fn upload_answer(
+    name: &str,
+    refused: Option<Status>,
+    outcome: Result<Option<DatasetRecord>, DataError>,
+) -> Result<Response<pb::Dataset>, Status> {
+    match (refused, outcome) {
+        (_, Err(e)) => {
+            tracing::info!(name = %name, error = %e, "upload refused");
+            Err(e.into_status())
+        }
+        (Some(status), _) => {
+            tracing::info!(name = %name, status = %status, "upload ended early");
+            Err(status)
+        }
+        (None, Ok(Some(record))) => {
+            tracing::info!(id = %record.id, name = %record.name, tokens = record.token_count, bytes = record.source_bytes, "dataset uploaded");
+            Ok(Response::new(dataset_to_proto(&record)))
+        }
+        (None, Ok(None)) => Err(Status::internal(
+            "the upload task stopped before the end of the stream",
+        )),
+    }
+}
+
 #[tonic::async_trait]
 impl DatasetService for DatasetApi {
     async fn create_dataset(
@@ -236,7 +312,6 @@ impl DatasetService for DatasetApi {
         &self,
         request: Request<Streaming<pb::UploadDatasetRequest>>,
     ) -> Result<Response<pb::Dataset>, Status> {
-        use pb::upload_dataset_request::Part;
         let _permit = Arc::clone(&self.uploads).try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
                 "{} uploads are in flight, the server's limit (--max-uploads-in-flight); retry later",
@@ -245,29 +320,10 @@ impl DatasetService for DatasetApi {
         })?;
         let stream_end = request.extensions().get::<RequestEnd>().cloned();
         let mut stream = request.into_inner();
-        let header = match stream.message().await? {
-            Some(pb::UploadDatasetRequest {
-                part: Some(Part::Header(h)),
-            }) => {
-                let reused = self
-                    .reused_vocabulary("header.vocabulary_from", h.vocabulary_from.clone())
-                    .await?;
-                header_from_proto(h, reused)?
-            }
-            Some(_) => {
-                return Err(Status::invalid_argument(
-                    "messages[0] must be the header; chunks follow it",
-                ))
-            }
-            None => {
-                return Err(Status::invalid_argument(
-                    "messages must start with a header, got an empty stream",
-                ))
-            }
-        };
+        let header = read_header(self, &mut stream).await?;
         let name = header.name.clone();
         let datasets = Arc::clone(&self.datasets);
-        let upload = blocking(move || datasets.begin_upload(header)).await?;
+        let upload = blocking(move || Upload::begin(datasets, header)).await?;
         // Two chunks may wait while one is written: memory stays a few
         // chunks, whatever the corpus size.
         let (tx, rx) = mpsc::channel(2);
@@ -284,37 +340,12 @@ impl DatasetService for DatasetApi {
                     "the server is shutting down: the upload was not saved (at messages[{index}]); send it again"
                 ))),
             };
-            let piece = match message {
-                Ok(Some(pb::UploadDatasetRequest {
-                    part: Some(Part::Chunk(bytes)),
-                })) if !bytes.is_empty() => Piece::Chunk(bytes),
-                Ok(Some(pb::UploadDatasetRequest {
-                    part: Some(Part::Chunk(_)),
-                })) => {
-                    break Some(Status::invalid_argument(format!(
-                        "messages[{index}].chunk must hold 1 or more bytes, got none"
-                    )))
+            let piece = match piece_of(message, index, stream_end.as_ref()) {
+                Ok(Piece::End) => {
+                    let_transport_see_resets().await;
+                    Piece::End
                 }
-                Ok(Some(pb::UploadDatasetRequest {
-                    part: Some(Part::Header(_)),
-                })) => {
-                    break Some(Status::invalid_argument(format!(
-                        "messages[{index}] must be a chunk: only the first message is a header"
-                    )))
-                }
-                Ok(Some(pb::UploadDatasetRequest { part: None })) => {
-                    break Some(Status::invalid_argument(format!(
-                        "messages[{index}] must set chunk"
-                    )))
-                }
-                // Commit only when the client ended its stream normally.
-                Ok(None) => match check_clean_end(stream_end.as_ref()) {
-                    Ok(()) => {
-                        let_transport_see_resets().await;
-                        Piece::End
-                    }
-                    Err(status) => break Some(status),
-                },
+                Ok(piece) => piece,
                 Err(status) => break Some(status),
             };
             let end = matches!(piece, Piece::End);
@@ -328,23 +359,7 @@ impl DatasetService for DatasetApi {
         let outcome = worker
             .await
             .map_err(|e| Status::internal(format!("upload task failed: {e}")))?;
-        match (refused, outcome) {
-            (_, Err(e)) => {
-                tracing::info!(name = %name, error = %e, "upload refused");
-                Err(e.into_status())
-            }
-            (Some(status), _) => {
-                tracing::info!(name = %name, status = %status, "upload ended early");
-                Err(status)
-            }
-            (None, Ok(Some(record))) => {
-                tracing::info!(id = %record.id, name = %record.name, tokens = record.token_count, bytes = record.source_bytes, "dataset uploaded");
-                Ok(Response::new(dataset_to_proto(&record)))
-            }
-            (None, Ok(None)) => Err(Status::internal(
-                "the upload task stopped before the end of the stream",
-            )),
-        }
+        upload_answer(&name, refused, outcome)
     }
 
     async fn get_dataset(

@@ -30,32 +30,7 @@ pub enum TokenizerArg {
 #[derive(clap::Subcommand)]
 pub enum DatasetsAction {
     /// Stream a file to the server, with a byte progress bar.
-    Upload {
-        /// The file to send: UTF-8 text (char), any bytes (byte) or
-        /// little-endian u32 ids (ids).
-        file: PathBuf,
-        /// The dataset's name (default: the file name without extension).
-        #[arg(long)]
-        name: Option<String>,
-        /// How the file becomes tokens.
-        #[arg(long, value_enum, default_value_t = TokenizerArg::Char)]
-        tokenizer: TokenizerArg,
-        /// For --tokenizer ids: every id is below this.
-        #[arg(long, required_if_eq("tokenizer", "ids"))]
-        vocab_size: Option<u32>,
-        /// For --tokenizer char: keep the most frequent characters only.
-        #[arg(long)]
-        max_vocab_size: Option<u32>,
-        /// Tokenize with this dataset's vocabulary (id or name) instead of
-        /// building one: e.g. a held-out text to pass as
-        /// `train --validation-dataset`. Unseen characters become `<unk>`.
-        #[arg(long, value_name = "DATASET", conflicts_with_all = ["max_vocab_size", "vocabulary_from_model"])]
-        vocabulary_from: Option<String>,
-        /// Tokenize with this model's vocabulary (its latest version, or
-        /// NAME@VERSION).
-        #[arg(long, value_name = "MODEL", conflicts_with = "max_vocab_size")]
-        vocabulary_from_model: Option<String>,
-    },
+    Upload(UploadArgs),
     /// All datasets.
     List,
     /// One dataset, by id or name.
@@ -68,6 +43,34 @@ pub enum DatasetsAction {
         /// The dataset's id (`ds-...`) or name.
         dataset: String,
     },
+}
+
+#[derive(clap::Args)]
+pub struct UploadArgs {
+    /// The file to send: UTF-8 text (char), any bytes (byte) or
+    /// little-endian u32 ids (ids).
+    pub file: PathBuf,
+    /// The dataset's name (default: the file name without extension).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// How the file becomes tokens.
+    #[arg(long, value_enum, default_value_t = TokenizerArg::Char)]
+    pub tokenizer: TokenizerArg,
+    /// For --tokenizer ids: every id is below this.
+    #[arg(long, required_if_eq("tokenizer", "ids"))]
+    pub vocab_size: Option<u32>,
+    /// For --tokenizer char: keep the most frequent characters only.
+    #[arg(long)]
+    pub max_vocab_size: Option<u32>,
+    /// Tokenize with this dataset's vocabulary (id or name) instead of
+    /// building one: e.g. a held-out text to pass as
+    /// `train --validation-dataset`. Unseen characters become `<unk>`.
+    #[arg(long, value_name = "DATASET", conflicts_with_all = ["max_vocab_size", "vocabulary_from_model"])]
+    pub vocabulary_from: Option<String>,
+    /// Tokenize with this model's vocabulary (its latest version, or
+    /// NAME@VERSION).
+    #[arg(long, value_name = "MODEL", conflicts_with = "max_vocab_size")]
+    pub vocabulary_from_model: Option<String>,
 }
 
 /// `NAME` or `NAME@VERSION`.
@@ -97,86 +100,8 @@ pub async fn run(args: DatasetsArgs) -> Result<(), Failure> {
     let format = args.client.output;
     let mut client = args.client.connect().await?;
     match args.action {
-        DatasetsAction::Upload {
-            file,
-            name,
-            tokenizer,
-            vocab_size,
-            max_vocab_size,
-            vocabulary_from,
-            vocabulary_from_model,
-        } => {
-            let vocabulary_from = match (vocabulary_from, vocabulary_from_model) {
-                (Some(dataset), _) => Some(pb::VocabularyFrom {
-                    dataset_id: super::dataset_id(&mut client, &dataset).await?,
-                    ..Default::default()
-                }),
-                (None, Some(model)) => Some(model_vocabulary(&model)?),
-                (None, None) => None,
-            };
-            let name = match name {
-                Some(n) => n,
-                None => file
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .ok_or_else(|| Failure::local(format!("{}: no file name", file.display())))?,
-            };
-            let header = pb::UploadDatasetHeader {
-                name,
-                tokenizer: match tokenizer {
-                    // The default: a reused vocabulary brings its own kind.
-                    TokenizerArg::Char if vocabulary_from.is_some() => pb::Tokenizer::Unspecified,
-                    TokenizerArg::Char => pb::Tokenizer::Char,
-                    TokenizerArg::Byte => pb::Tokenizer::Byte,
-                    TokenizerArg::Ids => pb::Tokenizer::Ids,
-                } as i32,
-                vocab_size: vocab_size.unwrap_or(0),
-                max_vocab_size: max_vocab_size.unwrap_or(0),
-                vocabulary_from,
-            };
-            let dataset = upload(&mut client, &file, header, format).await?;
-            if format == Format::Json {
-                return output::print_json(&dataset);
-            }
-            println!("uploaded dataset {} ({})", dataset.id, dataset.name);
-            show(&dataset);
-            Ok(())
-        }
-        DatasetsAction::List => {
-            let datasets = client
-                .datasets
-                .list_datasets(pb::ListDatasetsRequest {})
-                .await?
-                .into_inner();
-            if format == Format::Json {
-                return output::print_json(&datasets);
-            }
-            let mut table = output::table(
-                &[
-                    "ID",
-                    "NAME",
-                    "TOKENIZER",
-                    "TOKENS",
-                    "VOCAB",
-                    "SIZE",
-                    "CREATED",
-                ],
-                &[3, 4, 5],
-            );
-            for d in &datasets.datasets {
-                table.add_row(vec![
-                    d.id.clone(),
-                    d.name.clone(),
-                    output::tokenizer(d.tokenizer),
-                    d.token_count.to_string(),
-                    d.vocab_size.to_string(),
-                    output::bytes(d.size_bytes),
-                    output::time(&d.created_at),
-                ]);
-            }
-            output::print_table(&table);
-            Ok(())
-        }
+        DatasetsAction::Upload(upload) => send_file(&mut client, upload, format).await,
+        DatasetsAction::List => list(&mut client, format).await,
         DatasetsAction::Show { dataset } => {
             let id = super::dataset_id(&mut client, &dataset).await?;
             let dataset = client
@@ -204,6 +129,95 @@ pub async fn run(args: DatasetsArgs) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// `datasets upload`: the header from the flags, then the file.
+async fn send_file(
+    client: &mut super::client::Client,
+    args: UploadArgs,
+    format: Format,
+) -> Result<(), Failure> {
+    let UploadArgs {
+        file,
+        name,
+        tokenizer,
+        vocab_size,
+        max_vocab_size,
+        vocabulary_from,
+        vocabulary_from_model,
+    } = args;
+    let vocabulary_from = match (vocabulary_from, vocabulary_from_model) {
+        (Some(dataset), _) => Some(pb::VocabularyFrom {
+            dataset_id: super::dataset_id(client, &dataset).await?,
+            ..Default::default()
+        }),
+        (None, Some(model)) => Some(model_vocabulary(&model)?),
+        (None, None) => None,
+    };
+    let name = match name {
+        Some(n) => n,
+        None => file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .ok_or_else(|| Failure::local(format!("{}: no file name", file.display())))?,
+    };
+    let header = pb::UploadDatasetHeader {
+        name,
+        tokenizer: match tokenizer {
+            // The default: a reused vocabulary brings its own kind.
+            TokenizerArg::Char if vocabulary_from.is_some() => pb::Tokenizer::Unspecified,
+            TokenizerArg::Char => pb::Tokenizer::Char,
+            TokenizerArg::Byte => pb::Tokenizer::Byte,
+            TokenizerArg::Ids => pb::Tokenizer::Ids,
+        } as i32,
+        vocab_size: vocab_size.unwrap_or(0),
+        max_vocab_size: max_vocab_size.unwrap_or(0),
+        vocabulary_from,
+    };
+    let dataset = upload(client, &file, header, format).await?;
+    if format == Format::Json {
+        return output::print_json(&dataset);
+    }
+    println!("uploaded dataset {} ({})", dataset.id, dataset.name);
+    show(&dataset);
+    Ok(())
+}
+
+/// `datasets list`: a table of every dataset.
+async fn list(client: &mut super::client::Client, format: Format) -> Result<(), Failure> {
+    let datasets = client
+        .datasets
+        .list_datasets(pb::ListDatasetsRequest {})
+        .await?
+        .into_inner();
+    if format == Format::Json {
+        return output::print_json(&datasets);
+    }
+    let mut table = output::table(
+        &[
+            "ID",
+            "NAME",
+            "TOKENIZER",
+            "TOKENS",
+            "VOCAB",
+            "SIZE",
+            "CREATED",
+        ],
+        &[3, 4, 5],
+    );
+    for d in &datasets.datasets {
+        table.add_row(vec![
+            d.id.clone(),
+            d.name.clone(),
+            output::tokenizer(d.tokenizer),
+            d.token_count.to_string(),
+            d.vocab_size.to_string(),
+            output::bytes(d.size_bytes),
+            output::time(&d.created_at),
+        ]);
+    }
+    output::print_table(&table);
+    Ok(())
 }
 
 /// Streams the header, then the file in chunks, read as they are sent.

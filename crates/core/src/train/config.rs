@@ -301,83 +301,22 @@ impl TrainConfigRequest {
         limits: &TrainLimits,
         has_validation_dataset: bool,
     ) -> Result<TrainConfig, InvalidField> {
-        let lr = self.learning_rate.unwrap_or(0.001);
-        if !(lr > 0.0 && lr.is_finite()) {
-            return Err(InvalidField::new(
-                "config.learning_rate",
-                format!("must be > 0 and finite, got {lr}"),
-            ));
-        }
-        let epsilon = self.epsilon.unwrap_or(1e-7);
-        if !(epsilon > 0.0 && epsilon <= 1.0) {
-            return Err(InvalidField::new(
-                "config.epsilon",
-                format!("must be in (0, 1], got {epsilon}"),
-            ));
-        }
-        let optimizer = match self.optimizer.as_deref() {
-            None | Some("") | Some("adam") => Optimizer::Adam,
-            Some("adamw") => Optimizer::AdamW,
-            Some(o) => {
-                return Err(InvalidField::new(
-                    "config.optimizer",
-                    format!("must be adam or adamw, got {o:?}"),
-                ))
-            }
-        };
-        let validation_split = check_unit_interval(
-            "config.validation_split",
-            self.validation_split.unwrap_or(0.0),
-        )?;
-        if validation_split > 0.0 && has_validation_dataset {
-            return Err(InvalidField::new(
-                "config.validation_split",
-                "must be 0 when validation_dataset_id is set",
-            ));
-        }
+        let lr = check_learning_rate(self.learning_rate.unwrap_or(0.001))?;
+        let epsilon = check_epsilon(self.epsilon.unwrap_or(1e-7))?;
+        let optimizer = parse_optimizer(self.optimizer.as_deref())?;
+        let validation_split = self.resolve_validation_split(has_validation_dataset)?;
         let has_validation = validation_split > 0.0 || has_validation_dataset;
-        let early_stopping = match &self.early_stopping {
-            None => None,
-            Some(e) => Some(EarlyStopping {
-                monitor: e.monitor.resolve("config.early_stopping", has_validation)?,
-                patience: e.patience,
-                restore_best_weights: e.restore_best_weights,
-            }),
-        };
-        let reduce_lr_on_plateau = match &self.reduce_lr_on_plateau {
-            None => None,
-            Some(r) => {
-                let factor = r.factor.unwrap_or(0.1);
-                if !(factor > 0.0 && factor < 1.0) {
-                    return Err(InvalidField::new(
-                        "config.reduce_lr_on_plateau.factor",
-                        format!("must be in (0, 1), got {factor}"),
-                    ));
-                }
-                Some(ReduceLrOnPlateau {
-                    monitor: r
-                        .monitor
-                        .resolve("config.reduce_lr_on_plateau", has_validation)?,
-                    factor,
-                    patience: r.patience,
-                    min_lr: check_non_negative("config.reduce_lr_on_plateau.min_lr", r.min_lr)?,
-                })
-            }
-        };
+        let early_stopping = (self.early_stopping.as_ref())
+            .map(|e| e.resolve(has_validation))
+            .transpose()?;
+        let reduce_lr_on_plateau = (self.reduce_lr_on_plateau.as_ref())
+            .map(|r| r.resolve(has_validation))
+            .transpose()?;
         let best_monitor = match &early_stopping {
             Some(e) => e.monitor,
             None => MonitorRequest::default().resolve("config", has_validation)?,
         };
-        let loss_positions = match self.loss_positions.as_deref() {
-            None | Some("") | Some("every") => LossPositions::Every,
-            Some("last") => LossPositions::Last,
-            Some(p) => {
-                return Err(InvalidField::new(
-                    "config.loss_positions",
-                    format!("must be every or last, got {p:?}"),
-                ))
-            }
-        };
+        let loss_positions = parse_loss_positions(self.loss_positions.as_deref())?;
         let progress_every_seconds = check_non_negative(
             "config.progress_every_seconds",
             self.progress_every_seconds.unwrap_or(1.0),
@@ -420,6 +359,95 @@ impl TrainConfigRequest {
             loss_positions,
             stateful: self.stateful.unwrap_or(false),
         })
+    }
+
+    /// The validation split, in [0, 1] and 0 when a validation dataset is
+    /// given.
+    fn resolve_validation_split(&self, has_validation_dataset: bool) -> Result<f64, InvalidField> {
+        let split = check_unit_interval(
+            "config.validation_split",
+            self.validation_split.unwrap_or(0.0),
+        )?;
+        if split > 0.0 && has_validation_dataset {
+            return Err(InvalidField::new(
+                "config.validation_split",
+                "must be 0 when validation_dataset_id is set",
+            ));
+        }
+        Ok(split)
+    }
+}
+
+impl EarlyStoppingRequest {
+    fn resolve(&self, has_validation: bool) -> Result<EarlyStopping, InvalidField> {
+        Ok(EarlyStopping {
+            monitor: self
+                .monitor
+                .resolve("config.early_stopping", has_validation)?,
+            patience: self.patience,
+            restore_best_weights: self.restore_best_weights,
+        })
+    }
+}
+
+impl ReduceLrRequest {
+    /// Defaults: factor 0.1, as Keras.
+    fn resolve(&self, has_validation: bool) -> Result<ReduceLrOnPlateau, InvalidField> {
+        let factor = self.factor.unwrap_or(0.1);
+        if !(factor > 0.0 && factor < 1.0) {
+            return Err(InvalidField::new(
+                "config.reduce_lr_on_plateau.factor",
+                format!("must be in (0, 1), got {factor}"),
+            ));
+        }
+        Ok(ReduceLrOnPlateau {
+            monitor: (self.monitor).resolve("config.reduce_lr_on_plateau", has_validation)?,
+            factor,
+            patience: self.patience,
+            min_lr: check_non_negative("config.reduce_lr_on_plateau.min_lr", self.min_lr)?,
+        })
+    }
+}
+
+fn check_learning_rate(lr: f64) -> Result<f64, InvalidField> {
+    if lr > 0.0 && lr.is_finite() {
+        return Ok(lr);
+    }
+    Err(InvalidField::new(
+        "config.learning_rate",
+        format!("must be > 0 and finite, got {lr}"),
+    ))
+}
+
+fn check_epsilon(epsilon: f64) -> Result<f64, InvalidField> {
+    if epsilon > 0.0 && epsilon <= 1.0 {
+        return Ok(epsilon);
+    }
+    Err(InvalidField::new(
+        "config.epsilon",
+        format!("must be in (0, 1], got {epsilon}"),
+    ))
+}
+
+fn parse_optimizer(name: Option<&str>) -> Result<Optimizer, InvalidField> {
+    match name {
+        None | Some("") | Some("adam") => Ok(Optimizer::Adam),
+        Some("adamw") => Ok(Optimizer::AdamW),
+        Some(o) => Err(InvalidField::new(
+            "config.optimizer",
+            format!("must be adam or adamw, got {o:?}"),
+        )),
+    }
+}
+
+fn parse_loss_positions(name: Option<&str>) -> Result<LossPositions, InvalidField> {
+    match name {
+        None | Some("") | Some("every") => Ok(LossPositions::Every),
+        Some("last") => Ok(LossPositions::Last),
+        Some(p) => Err(InvalidField::new(
+            "config.loss_positions",
+            format!("must be every or last, got {p:?}"),
+        )),
     }
 }
 
