@@ -402,20 +402,36 @@ impl NetworkOp {
 
     fn forward(&self, ids: &[u32], params: &[f32]) -> Result<(Vec<f32>, Saved)> {
         let s = &self.shape;
-        let (b, t, e, v) = (s.batch, s.steps, s.embedding_dim, s.vocab);
-        // Time-major embedding lookup.
-        let table = &params[..v * e];
-        let mut x0 = vec![0.0f32; t * b * e];
-        for (r, row_ids) in ids.chunks_exact(t).enumerate() {
-            for (ti, &id) in row_ids.iter().enumerate() {
-                let id = id as usize;
-                if id >= v {
-                    bail!("fused network: token id {id} is not below the vocabulary size {v}");
-                }
-                x0[(ti * b + r) * e..][..e].copy_from_slice(&table[id * e..][..e]);
-            }
-        }
+        let mut x0 = embed(s, ids, params)?;
         scale(&mut x0, self.masks.embedding.as_ref());
+        let (inputs, states) = self.layers_forward(params, x0);
+        let last_h = &states[s.layers.len() - 1].h;
+        let mut last = Vec::new();
+        if s.every {
+            last.extend_from_slice(last_h);
+        } else {
+            let last_dims = s.layers.last().expect("a network has layers");
+            sequence::last_states(last_dims, last_h, &mut last);
+        }
+        scale(&mut last, self.masks.layers.last().and_then(Option::as_ref));
+        let mut logits = dense_forward(s, params, &last);
+        if s.every {
+            logits = swap_major(&logits, s.steps, s.batch, s.vocab);
+        }
+        let saved = Saved {
+            ids: ids.to_vec(),
+            inputs,
+            states,
+            last,
+        };
+        Ok((logits, saved))
+    }
+
+    /// Every layer forward from the embedded input `x0`: each layer's
+    /// input (None where it is the layer below's output, unmasked) and
+    /// state.
+    fn layers_forward(&self, params: &[f32], x0: Vec<f32>) -> (Vec<Option<Vec<f32>>>, Vec<State>) {
+        let s = &self.shape;
         let mut inputs = vec![Some(x0)];
         let mut states: Vec<State> = Vec::with_capacity(s.layers.len());
         for (i, d) in s.layers.iter().enumerate() {
@@ -442,105 +458,45 @@ impl NetworkOp {
                 );
             }
         }
-        let last_dims = s.layers.last().expect("a network has layers");
-        let last_h = &states[s.layers.len() - 1].h;
-        let mut last = Vec::new();
-        if s.every {
-            last.extend_from_slice(last_h);
-        } else {
-            sequence::last_states(last_dims, last_h, &mut last);
-        }
-        scale(&mut last, self.masks.layers.last().and_then(Option::as_ref));
-        // Dense layer: logits = last W^T + bias.
-        let (w, rows) = (s.width(), s.dense_rows());
-        let dense_t = sequence::transpose(s.dense_weight(params), v, w);
-        let mut logits = Vec::with_capacity(rows * v);
-        for _ in 0..rows {
-            logits.extend_from_slice(s.dense_bias(params));
-        }
-        let all = threads::threads();
-        // SAFETY: shapes as named; the buffers are distinct.
-        unsafe {
-            product(
-                rows,
-                v,
-                w,
-                MatMut::rows(&mut logits, v),
-                true,
-                Mat::rows(&last, w),
-                Mat::rows(&dense_t, v),
-                threads_for(rows, v, w, all),
-            );
-        }
-        if s.every {
-            logits = swap_major(&logits, t, b, v);
-        }
-        Ok((
-            logits,
-            Saved {
-                ids: ids.to_vec(),
-                inputs,
-                states,
-                last,
-            },
-        ))
+        (inputs, states)
     }
 
     fn backward(&self, params: &[f32], saved: &mut Saved, dlogits: &[f32]) -> Result<Vec<f32>> {
         let s = &self.shape;
-        let (b, t, e, v, w) = (s.batch, s.steps, s.embedding_dim, s.vocab, s.width());
-        let rows = s.dense_rows();
         // Every-position gradients come batch-major; the dense input is
         // time-major.
         let time_major;
         let dlogits = if s.every {
-            time_major = swap_major(dlogits, b, t, v);
+            time_major = swap_major(dlogits, s.batch, s.steps, s.vocab);
             &time_major[..]
         } else {
             dlogits
         };
-        let all = threads::threads();
         let mut grads = vec![0.0f32; s.param_len()];
-        let n = s.layers.len();
-        // Dense layer.
-        let (head, tail) = grads.split_at_mut(s.offsets[n]);
-        let (d_dense_w, d_dense_b) = tail.split_at_mut(v * w);
-        let mut dy = vec![0.0f32; rows * w];
-        // SAFETY: shapes as named; the buffers are distinct.
-        unsafe {
-            product(
-                v,
-                w,
-                rows,
-                MatMut::rows(d_dense_w, w),
-                false,
-                Mat::rows(dlogits, v).t(),
-                Mat::rows(&saved.last, w),
-                threads_for(v, w, rows, all),
-            );
-            product(
-                rows,
-                w,
-                v,
-                MatMut::rows(&mut dy, w),
-                false,
-                Mat::rows(dlogits, v),
-                Mat::rows(s.dense_weight(params), w),
-                threads_for(rows, w, v, all),
-            );
-        }
-        for row in dlogits.chunks_exact(v) {
-            d_dense_b.iter_mut().zip(row).for_each(|(g, d)| *g += d);
-        }
+        let (head, dense) = grads.split_at_mut(s.offsets[s.layers.len()]);
+        let mut dy = dense_backward(s, params, &saved.last, dlogits, dense);
         scale(&mut dy, self.masks.layers.last().and_then(Option::as_ref));
-        // Layers, last to first; dy becomes each layer's input gradient.
+        let dx0 = self.layers_backward(params, saved, dy, head);
+        embedding_backward(s, &saved.ids, &dx0, &mut grads[..s.vocab * s.embedding_dim]);
+        Ok(grads)
+    }
+
+    /// The layers backward, last to first, from the gradient `dy` of the
+    /// last one's output; writes their parameter gradients into `head`
+    /// (every layer's, packed) and returns the embedded input's gradient.
+    fn layers_backward(
+        &self,
+        params: &[f32],
+        saved: &mut Saved,
+        mut dy: Vec<f32>,
+        head: &mut [f32],
+    ) -> Vec<f32> {
+        let s = &self.shape;
         let mut dy_seq = s.every;
-        for i in (0..n).rev() {
+        for i in (0..s.layers.len()).rev() {
             let d = &s.layers[i];
-            let (before, rest) = head.split_at_mut(s.offsets[i]);
-            let _ = before;
-            let dparams = &mut rest[..d.param_len()];
-            let mut dx = vec![0.0f32; t * b * d.input];
+            let dparams = &mut head[s.offsets[i]..][..d.param_len()];
+            let mut dx = vec![0.0f32; s.steps * s.batch * d.input];
             {
                 let (prev_states, this) = saved.states.split_at_mut(i);
                 let state = &mut this[0];
@@ -571,19 +527,105 @@ impl NetworkOp {
             dy = dx;
             dy_seq = true;
         }
-        // Embedding: rows gather the gradients of their tokens.
-        let d_table = &mut grads[..v * e];
-        for (r, row_ids) in saved.ids.chunks_exact(t).enumerate() {
-            for (ti, &id) in row_ids.iter().enumerate() {
-                let src = &dy[(ti * b + r) * e..][..e];
-                d_table[id as usize * e..][..e]
-                    .iter_mut()
-                    .zip(src)
-                    .for_each(|(g, d)| *g += d);
-            }
-        }
-        Ok(grads)
+        dy
     }
+}
+
+/// Time-major embedding lookup: [T, B, E] from the batch-major ids.
+fn embed(s: &NetShape, ids: &[u32], params: &[f32]) -> Result<Vec<f32>> {
+    let (b, t, e, v) = (s.batch, s.steps, s.embedding_dim, s.vocab);
+    let table = &params[..v * e];
+    let mut x0 = vec![0.0f32; t * b * e];
+    for (r, row_ids) in ids.chunks_exact(t).enumerate() {
+        for (ti, &id) in row_ids.iter().enumerate() {
+            let id = id as usize;
+            if id >= v {
+                bail!("fused network: token id {id} is not below the vocabulary size {v}");
+            }
+            x0[(ti * b + r) * e..][..e].copy_from_slice(&table[id * e..][..e]);
+        }
+    }
+    Ok(x0)
+}
+
+/// Embedding backward: each table row gathers the gradients of its tokens.
+fn embedding_backward(s: &NetShape, ids: &[u32], dx0: &[f32], d_table: &mut [f32]) {
+    let (b, t, e) = (s.batch, s.steps, s.embedding_dim);
+    for (r, row_ids) in ids.chunks_exact(t).enumerate() {
+        for (ti, &id) in row_ids.iter().enumerate() {
+            let src = &dx0[(ti * b + r) * e..][..e];
+            d_table[id as usize * e..][..e]
+                .iter_mut()
+                .zip(src)
+                .for_each(|(g, d)| *g += d);
+        }
+    }
+}
+
+/// The dense layer: logits = last W^T + bias, [rows, V].
+fn dense_forward(s: &NetShape, params: &[f32], last: &[f32]) -> Vec<f32> {
+    let (v, w, rows) = (s.vocab, s.width(), s.dense_rows());
+    let dense_t = sequence::transpose(s.dense_weight(params), v, w);
+    let mut logits = Vec::with_capacity(rows * v);
+    for _ in 0..rows {
+        logits.extend_from_slice(s.dense_bias(params));
+    }
+    // SAFETY: shapes as named; the buffers are distinct.
+    unsafe {
+        product(
+            rows,
+            v,
+            w,
+            MatMut::rows(&mut logits, v),
+            true,
+            Mat::rows(last, w),
+            Mat::rows(&dense_t, v),
+            threads_for(rows, v, w, threads::threads()),
+        );
+    }
+    logits
+}
+
+/// The dense layer backward: its weight and bias gradients into `dense`
+/// ([V, W] then [V]); returns the gradient of its input `last`.
+fn dense_backward(
+    s: &NetShape,
+    params: &[f32],
+    last: &[f32],
+    dlogits: &[f32],
+    dense: &mut [f32],
+) -> Vec<f32> {
+    let (v, w, rows) = (s.vocab, s.width(), s.dense_rows());
+    let all = threads::threads();
+    let (d_dense_w, d_dense_b) = dense.split_at_mut(v * w);
+    let mut dy = vec![0.0f32; rows * w];
+    // SAFETY: shapes as named; the buffers are distinct.
+    unsafe {
+        product(
+            v,
+            w,
+            rows,
+            MatMut::rows(d_dense_w, w),
+            false,
+            Mat::rows(dlogits, v).t(),
+            Mat::rows(last, w),
+            threads_for(v, w, rows, all),
+        );
+        product(
+            rows,
+            w,
+            v,
+            MatMut::rows(&mut dy, w),
+            false,
+            Mat::rows(dlogits, v),
+            Mat::rows(s.dense_weight(params), w),
+            threads_for(rows, w, v, all),
+        );
+    }
+    for row in dlogits.chunks_exact(v) {
+        d_dense_b.iter_mut().zip(row).for_each(|(g, d)| *g += d);
+    }
+    dy
 }
 
 impl CustomOp2 for NetworkOp {
