@@ -89,16 +89,7 @@ pub async fn start(
     let device = parse_device(&args.device).map_err(anyhow::Error::msg)?;
     crate::nn::fused::threads::configure(args.kernel_threads);
     // Settings that can be wrong are checked before anything starts.
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls::tls_config(&args.security)? {
-        builder = builder
-            .tls_config(tls)
-            .context("invalid --tls-cert, --tls-key or --tls-client-ca")?;
-    }
-    let auth = Auth::new(match &args.security.auth_token_file {
-        Some(path) => Some(Arc::new(TokenFile::open(path)?)),
-        None => None,
-    });
+    let (builder, auth) = secured_transport(&args)?;
     let metrics = match args.metrics_listen {
         Some(_) => Some(crate::metrics::install()?),
         None => None,
@@ -160,6 +151,40 @@ pub async fn start(
         .set_service_status("", ServingStatus::Serving)
         .await;
     ready.store(true, Ordering::Relaxed);
+    log_serving(&args, addr, metrics_addr, health_addr);
+    Ok(RunningServer {
+        addr,
+        metrics_addr,
+        health_addr,
+        shutdown: Some(stop_tx),
+        task,
+        data_dir_open: domain.data_dir_open,
+        predictor: domain.predictor,
+    })
+}
+
+/// The transport with TLS (and mTLS) as the flags ask, and the bearer-token
+/// check.
+fn secured_transport(args: &ServeArgs) -> anyhow::Result<(tonic::transport::Server, Auth)> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls::tls_config(&args.security)? {
+        builder = builder
+            .tls_config(tls)
+            .context("invalid --tls-cert, --tls-key or --tls-client-ca")?;
+    }
+    let auth = Auth::new(match &args.security.auth_token_file {
+        Some(path) => Some(Arc::new(TokenFile::open(path)?)),
+        None => None,
+    });
+    Ok((builder, auth))
+}
+
+fn log_serving(
+    args: &ServeArgs,
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    health_addr: Option<SocketAddr>,
+) {
     tracing::info!(
         %addr,
         tls = args.security.tls_cert.is_some(),
@@ -171,15 +196,6 @@ pub async fn start(
         device = %args.device,
         "lstmd serving"
     );
-    Ok(RunningServer {
-        addr,
-        metrics_addr,
-        health_addr,
-        shutdown: Some(stop_tx),
-        task,
-        data_dir_open: domain.data_dir_open,
-        predictor: domain.predictor,
-    })
 }
 
 /// Reflection of the lstmd and health protos; grpcurl asks for either

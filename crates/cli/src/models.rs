@@ -73,42 +73,7 @@ pub async fn run(args: ModelsArgs) -> Result<(), Failure> {
     let format = args.client.output;
     let mut client = args.client.connect().await?;
     match args.action {
-        ModelsAction::List => {
-            let models = client
-                .models
-                .list_models(pb::ListModelsRequest {})
-                .await?
-                .into_inner();
-            if format == Format::Json {
-                return output::print_json(&models);
-            }
-            let mut table = output::table(
-                &[
-                    "NAME", "VERSION", "PARAMS", "EPOCHS", "LOSS", "VAL_LOSS", "CREATED",
-                ],
-                &[1, 2, 3, 4, 5],
-            );
-            for m in &models.models {
-                let last = m.history.last();
-                table.add_row(vec![
-                    m.name.clone(),
-                    m.version.to_string(),
-                    m.summary
-                        .as_ref()
-                        .map(|s| s.total_parameters.to_string())
-                        .unwrap_or_default(),
-                    m.history.len().to_string(),
-                    last.map(|e| format!("{:.4}", e.loss))
-                        .unwrap_or_else(|| "-".into()),
-                    last.and_then(|e| e.val_loss)
-                        .map(|v| format!("{v:.4}"))
-                        .unwrap_or_else(|| "-".into()),
-                    output::time(&m.created_at),
-                ]);
-            }
-            output::print_table(&table);
-            Ok(())
-        }
+        ModelsAction::List => list(&mut client, format).await,
         ModelsAction::Show { name, version } => {
             let model = get(&mut client, &name, version).await?;
             if format == Format::Json {
@@ -162,6 +127,44 @@ pub async fn run(args: ModelsArgs) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// `models list`: a table of every version of every model.
+async fn list(client: &mut super::client::Client, format: Format) -> Result<(), Failure> {
+    let models = client
+        .models
+        .list_models(pb::ListModelsRequest {})
+        .await?
+        .into_inner();
+    if format == Format::Json {
+        return output::print_json(&models);
+    }
+    let mut table = output::table(
+        &[
+            "NAME", "VERSION", "PARAMS", "EPOCHS", "LOSS", "VAL_LOSS", "CREATED",
+        ],
+        &[1, 2, 3, 4, 5],
+    );
+    for m in &models.models {
+        let last = m.history.last();
+        table.add_row(vec![
+            m.name.clone(),
+            m.version.to_string(),
+            m.summary
+                .as_ref()
+                .map(|s| s.total_parameters.to_string())
+                .unwrap_or_default(),
+            m.history.len().to_string(),
+            last.map(|e| format!("{:.4}", e.loss))
+                .unwrap_or_else(|| "-".into()),
+            last.and_then(|e| e.val_loss)
+                .map(|v| format!("{v:.4}"))
+                .unwrap_or_else(|| "-".into()),
+            output::time(&m.created_at),
+        ]);
+    }
+    output::print_table(&table);
+    Ok(())
 }
 
 pub async fn get(

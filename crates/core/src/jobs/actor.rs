@@ -343,30 +343,8 @@ impl Actor {
         if self.queue.len() >= self.max_queued && request.parent.is_none() {
             return Err(JobError::QueueFull(self.max_queued));
         }
-        let id = format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let record = JobRecord {
-            id: id.clone(),
-            state: JobState::Queued,
-            request,
-            created_at_ms: now_millis(),
-            started_at_ms: None,
-            finished_at_ms: None,
-            latest_progress: None,
-            model: None,
-            error: None,
-            history: Vec::new(),
-            events: 0,
-            seq_reserved: 0,
-            kind: if tuning.is_some() {
-                JobKind::Tuning
-            } else {
-                JobKind::Training
-            },
-            tuning: tuning.map(|request| TuningState {
-                request: *request,
-                trials: Vec::new(),
-            }),
-        };
+        let record = new_record(request, tuning);
+        let id = record.id.clone();
         self.jobs.insert(
             id.clone(),
             Entry {
@@ -397,34 +375,39 @@ impl Actor {
         if self.jobs[&id].record.kind == JobKind::Tuning {
             // The search itself needs no worker: it starts at once and its
             // trials queue like any job.
-            let entry = self.jobs.get_mut(&id).expect("just inserted");
-            let trials = fresh_trials(&entry.record);
-            if let Some(t) = entry.record.tuning.as_mut() {
-                t.trials = trials;
-            }
-            let n = entry.record.tuning.as_ref().map_or(0, |t| t.trials.len());
-            let asked = entry
-                .record
-                .tuning
-                .as_ref()
-                .map_or(1, |t| t.request.parallel_trials);
-            let message = format!(
-                "searching: {n} trials planned, {}",
-                parallelism(asked, self.workers)
-            );
-            self.record_event(
-                &id,
-                EventKind::State {
-                    state: JobState::Running,
-                    message,
-                },
-            );
-            self.start_coordinator(&id);
+            self.start_search(&id);
         } else {
             self.queue.push_back(id.clone());
             self.dispatch();
         }
         Ok(self.jobs[&id].record.clone())
+    }
+
+    /// Plans a tuning job's trials, says so, and starts its coordinator.
+    fn start_search(&mut self, id: &str) {
+        let entry = self.jobs.get_mut(id).expect("just inserted");
+        let trials = fresh_trials(&entry.record);
+        if let Some(t) = entry.record.tuning.as_mut() {
+            t.trials = trials;
+        }
+        let n = entry.record.tuning.as_ref().map_or(0, |t| t.trials.len());
+        let asked = entry
+            .record
+            .tuning
+            .as_ref()
+            .map_or(1, |t| t.request.parallel_trials);
+        let message = format!(
+            "searching: {n} trials planned, {}",
+            parallelism(asked, self.workers)
+        );
+        self.record_event(
+            id,
+            EventKind::State {
+                state: JobState::Running,
+                message,
+            },
+        );
+        self.start_coordinator(id);
     }
 
     fn start_coordinator(&mut self, id: &str) {
@@ -531,33 +514,7 @@ impl Actor {
         }
         let now = now_millis();
         let mut record = entry.record.clone();
-        match &kind {
-            EventKind::State { state, .. } => {
-                if *state == JobState::Running && record.state != JobState::Running {
-                    record.started_at_ms = Some(now);
-                }
-                record.state = *state;
-            }
-            EventKind::Epoch { metrics, .. } => record.history.push(metrics.clone()),
-            EventKind::Batch(_) => {}
-            EventKind::Trial { trial, .. } => {
-                if let Some(slot) = record
-                    .tuning
-                    .as_mut()
-                    .and_then(|t| t.trials.get_mut(trial.number as usize - 1))
-                {
-                    *slot = trial.clone();
-                }
-            }
-            EventKind::Finished(f) => {
-                record.state = f.state;
-                record.finished_at_ms = Some(now);
-                record.model = f.model.clone();
-                if f.state != JobState::Succeeded {
-                    record.error = Some(f.reason.clone());
-                }
-            }
-        }
+        record.apply(&kind, now);
         record.events += 1;
         let event = JobEvent {
             seq: record.events,
@@ -600,5 +557,32 @@ impl Actor {
         if let Some(log) = &entry.log {
             log.push(event);
         }
+    }
+}
+
+/// A new job's record, queued.
+fn new_record(request: TrainingRequest, tuning: Option<Box<TuningRequest>>) -> JobRecord {
+    JobRecord {
+        id: format!("job-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+        state: JobState::Queued,
+        request,
+        created_at_ms: now_millis(),
+        started_at_ms: None,
+        finished_at_ms: None,
+        latest_progress: None,
+        model: None,
+        error: None,
+        history: Vec::new(),
+        events: 0,
+        seq_reserved: 0,
+        kind: if tuning.is_some() {
+            JobKind::Tuning
+        } else {
+            JobKind::Training
+        },
+        tuning: tuning.map(|request| TuningState {
+            request: *request,
+            trials: Vec::new(),
+        }),
     }
 }

@@ -167,3 +167,36 @@ pub struct TuningState {
     pub request: TuningRequest,
     pub trials: Vec<TrialRecord>,
 }
+
+impl JobRecord {
+    /// What an event changes in the record, at `now` (ms).
+    pub fn apply(&mut self, kind: &EventKind, now: u64) {
+        match kind {
+            EventKind::State { state, .. } => {
+                if *state == JobState::Running && self.state != JobState::Running {
+                    self.started_at_ms = Some(now);
+                }
+                self.state = *state;
+            }
+            EventKind::Epoch { metrics, .. } => self.history.push(metrics.clone()),
+            EventKind::Batch(_) => {}
+            EventKind::Trial { trial, .. } => {
+                if let Some(slot) = self
+                    .tuning
+                    .as_mut()
+                    .and_then(|t| t.trials.get_mut(trial.number as usize - 1))
+                {
+                    *slot = trial.clone();
+                }
+            }
+            EventKind::Finished(f) => {
+                self.state = f.state;
+                self.finished_at_ms = Some(now);
+                self.model = f.model.clone();
+                if f.state != JobState::Succeeded {
+                    self.error = Some(f.reason.clone());
+                }
+            }
+        }
+    }
+}
