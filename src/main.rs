@@ -1,3 +1,5 @@
+// A function fits on a screen: clippy.toml sets the limit.
+#![warn(clippy::too_many_lines)]
 use std::process::ExitCode;
 
 use lstmd::app::{self, Command};

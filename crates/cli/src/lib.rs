@@ -5,6 +5,8 @@
 //! error (bad flags, a local file, or a request the server refused as
 //! invalid, unknown or not allowed); 3 a server error (unreachable,
 //! unavailable, overloaded, internal).
+// A function fits on a screen: clippy.toml sets the limit.
+#![warn(clippy::too_many_lines)]
 pub mod client;
 pub mod datasets;
 pub mod follow;

@@ -43,48 +43,7 @@ fn onnx_order(cell: Cell) -> &'static [usize] {
 /// The model.onnx bytes. Deterministic: same model, same bytes.
 pub fn export(model: &LstmdModel, name: &str) -> Result<Vec<u8>, InteropError> {
     let spec = &model.info.spec;
-    let mut g = Graph::default();
-    g.ints("window_start", &[-(spec.window as i64)]);
-    g.ints("window_end", &[i64::MAX]);
-    g.ints("time_axis", &[1]);
-    g.floats("embedding", model.get(EMBEDDING)?)?;
-    g.node(
-        "Slice",
-        &[INPUT, "window_start", "window_end", "time_axis"],
-        &["context"],
-        vec![],
-    );
-    g.node(
-        "Gather",
-        &["embedding", "context"],
-        &["embedded"],
-        vec![int("axis", 0)],
-    );
-    // ONNX's recurrent operators take time-major input [T, B, I].
-    g.node(
-        "Transpose",
-        &["embedded"],
-        &["x0"],
-        vec![ints("perm", &[1, 0, 2])],
-    );
-    if spec.layers.len() > 1 {
-        g.ints("sequence_shape", &[0, 0, -1]);
-    }
-    g.ints("last_shape", &[0, -1]);
-    let last = spec.layers.len() - 1;
-    for (i, l) in spec.layers.iter().enumerate() {
-        recurrent(&mut g, model, i, l, i == last)?;
-    }
-    g.floats("dense_weight", model.get(DENSE_WEIGHT)?)?;
-    g.floats("dense_bias", model.get(DENSE_BIAS)?)?;
-    let features = format!("h{last}");
-    g.node(
-        "Gemm",
-        &[&features, "dense_weight", "dense_bias"],
-        &["logits"],
-        vec![int("transB", 1)],
-    );
-    g.node("Softmax", &["logits"], &[OUTPUT], vec![int("axis", -1)]);
+    let g = nodes(model)?;
     let graph = pb::GraphProto {
         name: Some(name.into()),
         node: g.nodes,
@@ -129,6 +88,55 @@ pub fn export(model: &LstmdModel, name: &str) -> Result<Vec<u8>, InteropError> {
         ..Default::default()
     };
     Ok(onnx.encode_to_vec())
+}
+
+/// The graph's nodes and initializers: window slice, embedding, the
+/// recurrent layers, dense and softmax.
+fn nodes(model: &LstmdModel) -> Result<Graph, InteropError> {
+    let spec = &model.info.spec;
+    let mut g = Graph::default();
+    g.ints("window_start", &[-(spec.window as i64)]);
+    g.ints("window_end", &[i64::MAX]);
+    g.ints("time_axis", &[1]);
+    g.floats("embedding", model.get(EMBEDDING)?)?;
+    g.node(
+        "Slice",
+        &[INPUT, "window_start", "window_end", "time_axis"],
+        &["context"],
+        vec![],
+    );
+    g.node(
+        "Gather",
+        &["embedding", "context"],
+        &["embedded"],
+        vec![int("axis", 0)],
+    );
+    // ONNX's recurrent operators take time-major input [T, B, I].
+    g.node(
+        "Transpose",
+        &["embedded"],
+        &["x0"],
+        vec![ints("perm", &[1, 0, 2])],
+    );
+    if spec.layers.len() > 1 {
+        g.ints("sequence_shape", &[0, 0, -1]);
+    }
+    g.ints("last_shape", &[0, -1]);
+    let last = spec.layers.len() - 1;
+    for (i, l) in spec.layers.iter().enumerate() {
+        recurrent(&mut g, model, i, l, i == last)?;
+    }
+    g.floats("dense_weight", model.get(DENSE_WEIGHT)?)?;
+    g.floats("dense_bias", model.get(DENSE_BIAS)?)?;
+    let features = format!("h{last}");
+    g.node(
+        "Gemm",
+        &[&features, "dense_weight", "dense_bias"],
+        &["logits"],
+        vec![int("transB", 1)],
+    );
+    g.node("Softmax", &["logits"], &[OUTPUT], vec![int("axis", -1)]);
+    Ok(g)
 }
 
 /// One recurrent layer: x{i} [T, B, I] -> x{i+1} [T, B, D*H] (every step)

@@ -257,55 +257,65 @@ impl Actor {
                     let _ = reply.send(self.cancel(&id));
                 }
                 Command::DatasetsInUse { reply } => {
-                    let mut in_use: HashMap<String, Vec<String>> = HashMap::new();
-                    for id in &self.order {
-                        let request = &self.jobs[id].record.request;
-                        if self.jobs[id].record.state.is_terminal() {
-                            continue;
-                        }
-                        let used = std::iter::once(&request.dataset_id)
-                            .chain(request.validation_dataset_id.as_ref());
-                        for dataset in used {
-                            in_use.entry(dataset.clone()).or_default().push(id.clone());
-                        }
-                    }
-                    let _ = reply.send(in_use);
+                    let _ = reply.send(self.datasets_in_use());
                 }
                 Command::Event { id, kind } => self.record_event(&id, kind),
-                Command::WorkDone { id, outcome } => {
-                    self.running -= 1;
-                    match outcome {
-                        WorkOutcome::Finished(finished) => {
-                            self.record_event(&id, EventKind::Finished(finished))
-                        }
-                        WorkOutcome::Interrupted { message } => {
-                            // Stays RUNNING in the store: resumes on restart.
-                            self.record_event(
-                                &id,
-                                EventKind::State {
-                                    state: JobState::Running,
-                                    message,
-                                },
-                            );
-                        }
-                    }
-                    self.dispatch();
-                    self.notify_if_idle();
-                }
-                Command::Shutdown { reply } => {
-                    self.shutdown.store(true, Ordering::SeqCst);
-                    for entry in self.jobs.values() {
-                        if let Some(log) = &entry.log {
-                            if !entry.record.state.is_terminal() {
-                                log.close();
-                            }
-                        }
-                    }
-                    self.shutdown_waiters.push(reply);
-                    self.notify_if_idle();
+                Command::WorkDone { id, outcome } => self.work_done(&id, outcome),
+                Command::Shutdown { reply } => self.begin_shutdown(reply),
+            }
+        }
+    }
+
+    /// The datasets that queued or running jobs use: dataset id -> jobs.
+    fn datasets_in_use(&self) -> HashMap<String, Vec<String>> {
+        let mut in_use: HashMap<String, Vec<String>> = HashMap::new();
+        for id in &self.order {
+            let request = &self.jobs[id].record.request;
+            if self.jobs[id].record.state.is_terminal() {
+                continue;
+            }
+            let used =
+                std::iter::once(&request.dataset_id).chain(request.validation_dataset_id.as_ref());
+            for dataset in used {
+                in_use.entry(dataset.clone()).or_default().push(id.clone());
+            }
+        }
+        in_use
+    }
+
+    /// A worker ended a job: record how, and start the next.
+    fn work_done(&mut self, id: &str, outcome: WorkOutcome) {
+        self.running -= 1;
+        match outcome {
+            WorkOutcome::Finished(finished) => self.record_event(id, EventKind::Finished(finished)),
+            WorkOutcome::Interrupted { message } => {
+                // Stays RUNNING in the store: resumes on restart.
+                self.record_event(
+                    id,
+                    EventKind::State {
+                        state: JobState::Running,
+                        message,
+                    },
+                );
+            }
+        }
+        self.dispatch();
+        self.notify_if_idle();
+    }
+
+    /// Refuses new jobs, ends every open watch, and answers `reply` once
+    /// the running jobs have stopped.
+    fn begin_shutdown(&mut self, reply: oneshot::Sender<()>) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        for entry in self.jobs.values() {
+            if let Some(log) = &entry.log {
+                if !entry.record.state.is_terminal() {
+                    log.close();
                 }
             }
         }
+        self.shutdown_waiters.push(reply);
+        self.notify_if_idle();
     }
 
     fn notify_if_idle(&mut self) {

@@ -12,7 +12,8 @@ use std::time::Duration;
 use super::checkpoints::checkpoint_folder;
 use super::log::WatchItem;
 use super::record::{
-    EventKind, Finished, JobRecord, JobState, ModelRef, TrainingRequest, TrialRecord, TuningState,
+    EventKind, Finished, JobEvent, JobRecord, JobState, ModelRef, TrainingRequest, TrialRecord,
+    TuningState,
 };
 use super::JobManager;
 use crate::nn::metadata::ModelInfo;
@@ -142,28 +143,7 @@ impl Coordinator {
     fn run_rung(&mut self, trials: &[usize], epochs: u32) -> Ending {
         let parallel = self.tuning.request.parallel_trials.min(self.workers).max(1);
         let (tx, rx) = std_mpsc::channel::<(usize, WatchItem)>();
-        let mut pending: Vec<usize> = Vec::new();
-        let mut in_flight: HashMap<usize, String> = HashMap::new();
-        for &i in trials {
-            let t = &self.tuning.trials[i];
-            let done =
-                t.epochs >= epochs || matches!(t.state, JobState::Failed | JobState::Cancelled);
-            if done {
-                continue;
-            }
-            // A trial whose job outlived a restart is watched, not rerun.
-            if let Some(last) = t.job_ids.last() {
-                if let Ok(job) = self.runtime.block_on(self.jobs.get(last)) {
-                    if !job.state.is_terminal() && job.request.config.epochs == epochs {
-                        self.watch(i, last.clone(), &tx);
-                        in_flight.insert(i, last.clone());
-                        continue;
-                    }
-                }
-            }
-            pending.push(i);
-        }
-        pending.reverse();
+        let (mut pending, mut in_flight) = self.rung_work(trials, epochs, &tx);
         loop {
             while in_flight.len() < parallel {
                 let Some(i) = pending.pop() else { break };
@@ -179,23 +159,7 @@ impl Coordinator {
                 return Ending::Done;
             }
             if self.cancel.load(Ordering::SeqCst) {
-                for job in in_flight.values() {
-                    let _ = self.runtime.block_on(self.jobs.cancel(job));
-                }
-                // Running trials stop within a batch; end after them.
-                while !in_flight.is_empty() {
-                    match rx.recv_timeout(Duration::from_secs(60)) {
-                        Ok((i, WatchItem::Event(e))) if e.is_terminal() => {
-                            in_flight.remove(&i);
-                            if let EventKind::Finished(f) = e.kind {
-                                self.tuning.trials[i].state = f.state;
-                                self.report("ended", i);
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(_) => break,
-                    }
-                }
+                self.cancel_rung(&mut in_flight, &rx);
                 return Ending::Cancelled;
             }
             if self.shutdown.load(Ordering::SeqCst) {
@@ -206,29 +170,98 @@ impl Coordinator {
             };
             match item {
                 WatchItem::ShuttingDown => return Ending::Interrupted,
-                WatchItem::Event(event) => match event.kind {
-                    EventKind::Epoch { metrics, .. } => {
-                        let t = &mut self.tuning.trials[i];
-                        t.history.retain(|m| m.epoch != metrics.epoch);
-                        t.history.push(metrics);
-                        t.history.sort_by_key(|m| m.epoch);
-                        t.epochs = t.history.len() as u32;
-                        t.score = self.tuning.request.objective.score(&t.history);
-                        self.report("reported", i);
+                WatchItem::Event(event) => self.trial_event(i, *event, epochs, &mut in_flight),
+            }
+        }
+    }
+
+    /// A rung's trials still to train (in start order, last first) and
+    /// those already in flight: a trial whose job outlived a restart is
+    /// watched, not rerun.
+    fn rung_work(
+        &mut self,
+        trials: &[usize],
+        epochs: u32,
+        tx: &std_mpsc::Sender<(usize, WatchItem)>,
+    ) -> (Vec<usize>, HashMap<usize, String>) {
+        let mut pending: Vec<usize> = Vec::new();
+        let mut in_flight: HashMap<usize, String> = HashMap::new();
+        for &i in trials {
+            let t = &self.tuning.trials[i];
+            let done =
+                t.epochs >= epochs || matches!(t.state, JobState::Failed | JobState::Cancelled);
+            if done {
+                continue;
+            }
+            if let Some(last) = t.job_ids.last() {
+                if let Ok(job) = self.runtime.block_on(self.jobs.get(last)) {
+                    if !job.state.is_terminal() && job.request.config.epochs == epochs {
+                        self.watch(i, last.clone(), tx);
+                        in_flight.insert(i, last.clone());
+                        continue;
                     }
-                    EventKind::Finished(f) => {
-                        in_flight.remove(&i);
-                        let t = &mut self.tuning.trials[i];
-                        t.state = f.state;
-                        if f.state == JobState::Succeeded && f.stopped_early {
-                            // The base config's early stopping ended it.
-                            t.epochs = t.epochs.max(epochs);
-                        }
+                }
+            }
+            pending.push(i);
+        }
+        pending.reverse();
+        (pending, in_flight)
+    }
+
+    /// Cancels the trials in flight and waits for them: running trials
+    /// stop within a batch.
+    fn cancel_rung(
+        &mut self,
+        in_flight: &mut HashMap<usize, String>,
+        rx: &std_mpsc::Receiver<(usize, WatchItem)>,
+    ) {
+        for job in in_flight.values() {
+            let _ = self.runtime.block_on(self.jobs.cancel(job));
+        }
+        while !in_flight.is_empty() {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok((i, WatchItem::Event(e))) if e.is_terminal() => {
+                    in_flight.remove(&i);
+                    if let EventKind::Finished(f) = e.kind {
+                        self.tuning.trials[i].state = f.state;
                         self.report("ended", i);
                     }
-                    _ => {}
-                },
+                }
+                Ok(_) => {}
+                Err(_) => break,
             }
+        }
+    }
+
+    /// What a trial's job event changes in the search.
+    fn trial_event(
+        &mut self,
+        i: usize,
+        event: JobEvent,
+        epochs: u32,
+        in_flight: &mut HashMap<usize, String>,
+    ) {
+        match event.kind {
+            EventKind::Epoch { metrics, .. } => {
+                let t = &mut self.tuning.trials[i];
+                t.history.retain(|m| m.epoch != metrics.epoch);
+                t.history.push(metrics);
+                t.history.sort_by_key(|m| m.epoch);
+                t.epochs = t.history.len() as u32;
+                t.score = self.tuning.request.objective.score(&t.history);
+                self.report("reported", i);
+            }
+            EventKind::Finished(f) => {
+                in_flight.remove(&i);
+                let t = &mut self.tuning.trials[i];
+                t.state = f.state;
+                if f.state == JobState::Succeeded && f.stopped_early {
+                    // The base config's early stopping ended it.
+                    t.epochs = t.epochs.max(epochs);
+                }
+                self.report("ended", i);
+            }
+            _ => {}
         }
     }
 

@@ -252,60 +252,71 @@ impl Predictor {
             metrics::counter!("lstmd_model_cache_hits_total").increment(1);
             return Ok(model);
         }
+        let stats = self.stats.of(name, version);
+        let (model, hit) = self
+            .cache
+            .get_or_load(key, || self.load_and_start(name, version, stats))
+            .await?;
+        self.count_cache(hit);
+        Ok(model)
+    }
+
+    /// Loads a model on the blocking pool (see [`load`]) and starts its
+    /// batcher, with the model's own batching settings where it has them.
+    async fn load_and_start(
+        &self,
+        name: &str,
+        version: u32,
+        stats: Arc<ModelStats>,
+    ) -> Result<(Arc<LoadedModel>, u64), PredictError> {
         let registry = Arc::clone(&self.registry);
         let device = self.device.clone();
         let batching = self.limits.batching;
-        let live = Arc::new(LiveSettings::new(batching.max_batch, batching.max_delay));
-        let stats = self.stats.of(name, version);
-        let defaults = self.limits.batching;
-        let (model, hit) = self
-            .cache
-            .get_or_load(key, || async move {
-                let (n, v) = (name.to_string(), version);
-                let ready = tokio::task::spawn_blocking(move || load(&registry, &n, v, &device))
-                    .await
-                    .expect("model load does not panic")?;
-                let settings = ready.settings;
-                live.set(
-                    settings
-                        .max_batch
-                        .map_or(defaults.max_batch, |b| b as usize),
-                    settings
-                        .max_delay_us
-                        .map_or(defaults.max_delay, Duration::from_micros),
-                );
-                let Ready {
-                    name,
-                    version,
-                    info,
-                    inference,
-                    weights_bytes,
-                    ..
-                } = ready;
-                let batcher = Batcher::start(
-                    Arc::clone(&inference),
-                    live,
-                    batching.max_queue,
-                    Arc::clone(&stats),
-                    &name,
-                )
-                .map_err(|source| PredictError::Spawn {
-                    name: format!("{name}@{version}"),
-                    source,
-                })?;
-                Ok::<_, PredictError>((
-                    Arc::new(LoadedModel {
-                        name,
-                        version,
-                        info,
-                        inference,
-                        batcher,
-                        stats,
-                    }),
-                    weights_bytes,
-                ))
-            })
-            .await?;
+        let (n, v) = (name.to_string(), version);
+        let ready = tokio::task::spawn_blocking(move || load(&registry, &n, v, &device))
+            .await
+            .expect("model load does not panic")?;
+        let settings = ready.settings;
+        let live = Arc::new(LiveSettings::new(
+            settings
+                .max_batch
+                .map_or(batching.max_batch, |b| b as usize),
+            settings
+                .max_delay_us
+                .map_or(batching.max_delay, Duration::from_micros),
+        ));
+        let Ready {
+            name,
+            version,
+            info,
+            inference,
+            weights_bytes,
+            ..
+        } = ready;
+        let batcher = Batcher::start(
+            Arc::clone(&inference),
+            live,
+            batching.max_queue,
+            Arc::clone(&stats),
+            &name,
+        )
+        .map_err(|source| PredictError::Spawn {
+            name: format!("{name}@{version}"),
+            source,
+        })?;
+        let model = LoadedModel {
+            name,
+            version,
+            info,
+            inference,
+            batcher,
+            stats,
+        };
+        Ok((Arc::new(model), weights_bytes))
+    }
+
+    /// Counts a cache hit or miss; after a miss, the cache's new size.
+    fn count_cache(&self, hit: bool) {
         if hit {
             metrics::counter!("lstmd_model_cache_hits_total").increment(1);
         } else {
@@ -314,7 +325,6 @@ impl Predictor {
             metrics::gauge!("lstmd_model_cache_models").set(models as f64);
             metrics::gauge!("lstmd_model_cache_loaded_bytes").set(bytes as f64);
         }
-        Ok(model)
     }
 
     /// Validates one input sequence of `model` and turns it into ids.
