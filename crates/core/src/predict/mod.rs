@@ -8,32 +8,35 @@
 //! thread pool: the version comes from the registry's in-memory catalog,
 //! the model from the cache, and the forward pass from the model's batcher
 //! thread.
+//!
+//! This file holds the facade's types and Predict; loading.rs how a model
+//! gets loaded, stateful.rs the session calls, generation.rs Generate.
 pub mod batcher;
 pub mod cache;
 pub mod context;
+mod generation;
+mod loading;
 pub mod sampling;
 pub mod sessions;
+mod stateful;
 pub mod stats;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use rand::SeedableRng;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 
-use batcher::{Batcher, BatchingConfig, LiveSettings, SubmitError};
+use batcher::{Batcher, BatchingConfig, SubmitError};
 use cache::ModelCache;
-use context::Reading;
-use sampling::{sample, top_k_of};
+use sampling::top_k_of;
 use sessions::Sessions;
 use stats::{ModelStats, StatsTable};
 
-use crate::backend::{backend_for, Backend, EngineError};
+use crate::backend::{Backend, EngineError};
 use crate::data::vocabulary::check_ids;
 use crate::error::{check_range, InvalidField};
 use crate::nn::metadata::ModelInfo;
-use crate::nn::{Network, NnError};
 use crate::store::{ModelRegistry, ModelSettings, Selector, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -217,116 +220,6 @@ impl Predictor {
         self.sessions.sweep();
     }
 
-    /// The loaded model for `name` at `version` (latest when None).
-    pub async fn model(
-        &self,
-        name: &str,
-        version: Option<u32>,
-    ) -> Result<Arc<LoadedModel>, PredictError> {
-        let selector = version.map_or(Selector::Latest, Selector::Version);
-        self.model_by(name, &selector).await
-    }
-
-    /// The loaded model `selector` names. A loaded model costs a map lookup
-    /// in the catalog and one in the cache; a model not loaded yet is read,
-    /// built and run once on the blocking pool (concurrent first requests
-    /// wait for the same load).
-    pub async fn model_by(
-        &self,
-        name: &str,
-        selector: &Selector,
-    ) -> Result<Arc<LoadedModel>, PredictError> {
-        let label = || match selector {
-            Selector::Latest => format!("{name:?}"),
-            other => format!("{name:?} {other}"),
-        };
-        if crate::error::check_name("model", name).is_err() {
-            return Err(PredictError::NotFound(label()));
-        }
-        let version = self
-            .registry
-            .resolve(name, selector)?
-            .ok_or_else(|| PredictError::NotFound(label()))?;
-        let key = (name.to_string(), version);
-        if let Some(model) = self.cache.peek(&key) {
-            metrics::counter!("lstmd_model_cache_hits_total").increment(1);
-            return Ok(model);
-        }
-        let stats = self.stats.of(name, version);
-        let (model, hit) = self
-            .cache
-            .get_or_load(key, || self.load_and_start(name, version, stats))
-            .await?;
-        self.count_cache(hit);
-        Ok(model)
-    }
-
-    /// Loads a model on the blocking pool (see [`load`]) and starts its
-    /// batcher, with the model's own batching settings where it has them.
-    async fn load_and_start(
-        &self,
-        name: &str,
-        version: u32,
-        stats: Arc<ModelStats>,
-    ) -> Result<(Arc<LoadedModel>, u64), PredictError> {
-        let registry = Arc::clone(&self.registry);
-        let device = self.device.clone();
-        let batching = self.limits.batching;
-        let (n, v) = (name.to_string(), version);
-        let ready = tokio::task::spawn_blocking(move || load(&registry, &n, v, &device))
-            .await
-            .expect("model load does not panic")?;
-        let settings = ready.settings;
-        let live = Arc::new(LiveSettings::new(
-            settings
-                .max_batch
-                .map_or(batching.max_batch, |b| b as usize),
-            settings
-                .max_delay_us
-                .map_or(batching.max_delay, Duration::from_micros),
-        ));
-        let Ready {
-            name,
-            version,
-            info,
-            inference,
-            weights_bytes,
-            ..
-        } = ready;
-        let batcher = Batcher::start(
-            Arc::clone(&inference),
-            live,
-            batching.max_queue,
-            Arc::clone(&stats),
-            &name,
-        )
-        .map_err(|source| PredictError::Spawn {
-            name: format!("{name}@{version}"),
-            source,
-        })?;
-        let model = LoadedModel {
-            name,
-            version,
-            info,
-            inference,
-            batcher,
-            stats,
-        };
-        Ok((Arc::new(model), weights_bytes))
-    }
-
-    /// Counts a cache hit or miss; after a miss, the cache's new size.
-    fn count_cache(&self, hit: bool) {
-        if hit {
-            metrics::counter!("lstmd_model_cache_hits_total").increment(1);
-        } else {
-            metrics::counter!("lstmd_model_cache_misses_total").increment(1);
-            let (models, bytes) = self.cache.loaded();
-            metrics::gauge!("lstmd_model_cache_models").set(models as f64);
-            metrics::gauge!("lstmd_model_cache_loaded_bytes").set(bytes as f64);
-        }
-    }
-
     /// Validates one input sequence of `model` and turns it into ids.
     fn encode(
         &self,
@@ -508,132 +401,6 @@ impl Predictor {
             .record_request(n, started.elapsed(), answer.is_ok());
         Ok((model, answer?))
     }
-
-    /// Opens a session on a unidirectional model; returns its id and model.
-    pub async fn open_session(
-        &self,
-        name: &str,
-        selector: &Selector,
-        whole_input: bool,
-    ) -> Result<(String, Arc<LoadedModel>), PredictError> {
-        let model = self.model_by(name, selector).await?;
-        let reading = session_reading(&model, whole_input);
-        if !matches!(reading, Reading::Carried(_)) && whole_input {
-            return Err(PredictError::NotStateful(format!(
-                "{}@{}",
-                model.name, model.version
-            )));
-        }
-        let id = self
-            .sessions
-            .open(Arc::clone(&model), reading)
-            .ok_or(PredictError::TooManySessions(self.sessions.max))?;
-        Ok((id, model))
-    }
-
-    /// Feeds tokens to a session; returns the top-k after them and the
-    /// number of tokens the session has seen.
-    pub async fn feed_session(
-        &self,
-        id: &str,
-        input: SequenceInput,
-        top_k: Option<u32>,
-    ) -> Result<(Vec<TokenProbability>, u64), PredictError> {
-        let mut session = self
-            .sessions
-            .lock(id)
-            .await
-            .ok_or_else(|| PredictError::SessionNotFound(id.to_string()))?;
-        let model = Arc::clone(&session.model);
-        let k = check_range(
-            "top_k",
-            top_k.unwrap_or(5) as usize,
-            1,
-            model.info.spec.vocab_size,
-        )?;
-        let ids = self.encode(&model, "tokens", input)?;
-        let n = ids.len();
-        // The reading moves to the blocking thread and back; a failed call
-        // leaves it as it was.
-        let inference = Arc::clone(&model.inference);
-        let mut reading = std::mem::replace(&mut session.reading, Reading::Carried(None));
-        let (result, reading) = tokio::task::spawn_blocking(move || {
-            let r = reading.feed(inference.as_ref(), &ids);
-            (r, reading)
-        })
-        .await
-        .expect("inference does not panic");
-        session.reading = reading;
-        let probs = result?;
-        session.tokens_seen += n as u64;
-        Sessions::touch(&mut session);
-        Ok((Self::top(&model, &probs, k), session.tokens_seen))
-    }
-
-    pub fn close_session(&self, id: &str) -> Result<(), PredictError> {
-        if self.sessions.close(id) {
-            Ok(())
-        } else {
-            Err(PredictError::SessionNotFound(id.to_string()))
-        }
-    }
-
-    /// Samples up to `max_tokens` tokens after the prompt, sent as they come.
-    /// The stream ends early at a stop id, or when the receiver is dropped.
-    pub async fn generate(
-        &self,
-        name: &str,
-        selector: &Selector,
-        params: GenerateParams,
-    ) -> Result<mpsc::Receiver<Result<TokenProbability, PredictError>>, PredictError> {
-        let model = self.model_by(name, selector).await?;
-        let vocab = model.info.spec.vocab_size;
-        check_range(
-            "max_tokens",
-            params.max_tokens,
-            1,
-            self.limits.max_generate_tokens,
-        )?;
-        check_range("top_k", params.top_k, 0, vocab)?;
-        if !(params.temperature >= 0.0 && params.temperature.is_finite()) {
-            return Err(InvalidField::new(
-                "temperature",
-                format!("must be >= 0 and finite, got {}", params.temperature),
-            )
-            .into());
-        }
-        check_ids("stop_ids", &params.stop_ids, vocab)?;
-        let prompt = self.encode(&model, "prompt", params.prompt)?;
-        let mut reading = Reading::new(
-            model.info.context(),
-            params.whole_input,
-            model.inference.is_stateful(),
-            self.limits.max_sequence_len,
-        );
-        let (tx, rx) = mpsc::channel(16);
-        tokio::task::spawn_blocking(move || {
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(params.seed);
-            let inference = &model.inference;
-            let mut run = || -> Result<(), EngineError> {
-                // A window model re-reads the last `window` tokens before
-                // each new one; a stateful one carries its state.
-                let mut probs = reading.feed(inference.as_ref(), &prompt)?;
-                for _ in 0..params.max_tokens {
-                    let id = sample(&probs, params.temperature, params.top_k, &mut rng);
-                    let token = Self::token(&model, id, probs[id as usize] as f64);
-                    if tx.blocking_send(Ok(token)).is_err() || params.stop_ids.contains(&id) {
-                        return Ok(());
-                    }
-                    probs = reading.feed(inference.as_ref(), &[id])?;
-                }
-                Ok(())
-            };
-            if let Err(e) = run() {
-                let _ = tx.blocking_send(Err(PredictError::Engine(e)));
-            }
-        });
-        Ok(rx)
-    }
 }
 
 /// The part of each sequence the model reads (see `InferenceContext`).
@@ -646,61 +413,4 @@ fn in_context(model: &LoadedModel, sequences: Vec<Vec<u32>>, whole_input: bool) 
             n => s[s.len() - n..].to_vec(),
         })
         .collect()
-}
-
-/// What a new session of `model` keeps between calls.
-fn session_reading(model: &LoadedModel, whole_input: bool) -> Reading {
-    Reading::new(
-        model.info.context(),
-        whole_input,
-        model.inference.is_stateful(),
-        0,
-    )
-}
-
-/// A registered version read from the store, its backend built and run
-/// once: ready for traffic.
-struct Ready {
-    name: String,
-    version: u32,
-    info: ModelInfo,
-    inference: Arc<dyn Backend>,
-    settings: ModelSettings,
-    weights_bytes: u64,
-}
-
-fn load(
-    registry: &ModelRegistry,
-    name: &str,
-    version: u32,
-    device: &Device,
-) -> Result<Ready, PredictError> {
-    let meta = registry
-        .get(name, Some(version))?
-        .ok_or_else(|| PredictError::NotFound(format!("{name:?} version {version}")))?;
-    let settings = registry.settings(name)?;
-    let corrupt = |reason: String| PredictError::Corrupt {
-        name: format!("{name}@{version}"),
-        reason,
-    };
-    let info = ModelInfo::from_map(&meta.rest).map_err(corrupt)?;
-    let bytes = registry
-        .weights(name, version)?
-        .ok_or_else(|| corrupt("weights file is missing".into()))?;
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
-        .map_err(|e| corrupt(format!("weights are unreadable: {e}")))?;
-    let network =
-        Network::from_tensors(&info.spec, &tensors).map_err(|e: NnError| corrupt(e.to_string()))?;
-    let inference: Arc<dyn Backend> = Arc::from(backend_for(network)?);
-    // One token through it, so the first request finds the kernels'
-    // buffers and pages in place.
-    inference.probabilities(&[vec![0]])?;
-    Ok(Ready {
-        name: meta.name,
-        version: meta.version,
-        info,
-        inference,
-        settings,
-        weights_bytes: bytes.len() as u64,
-    })
 }
