@@ -329,6 +329,7 @@ fn main() {
         // SAFETY: no other thread exists yet.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
     }
+    println!("{}", lstmd::nn::fused::machine::Machine::detect());
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -355,6 +355,7 @@ fn main() {
         compare_devices(&list, &selected);
         return;
     }
+    println!("{}", fused::machine::Machine::detect());
     println!(
         "lstmd fused kernels: {} kernel threads, SIMD {:?}, candle matmul threads {}",
         fused::threads::threads(),

@@ -9,6 +9,7 @@ pub mod gru;
 pub mod inference;
 pub mod loss;
 pub mod lstm;
+pub mod machine;
 pub mod matmul;
 pub mod memory;
 pub mod op;
