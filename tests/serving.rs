@@ -173,6 +173,54 @@ async fn labels_move_atomically_and_route_predictions() {
     server.stop().await.unwrap();
 }
 
+async fn latest_version(c: &mut Clients, ids: &[u32]) -> u32 {
+    let r = c.predict.predict(predict_by("m", 0, "", ids)).await;
+    r.unwrap().into_inner().version
+}
+
+async fn is_ready(c: &mut Clients, version: u32) -> bool {
+    get_model(c, "m", version).await.statistics.unwrap().ready
+}
+
+/// Warm-up: a new latest version takes `latest` traffic once loaded and
+/// run once; until then the version already loaded answers. A pinned
+/// version is waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_latest_version_takes_traffic_once_warm() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let mut c = connect(&server).await;
+    let ids = [1, 2, 3, 4];
+    trained(&mut c, "m").await;
+    assert_eq!(
+        latest_version(&mut c, &ids).await,
+        1,
+        "a first version is waited for"
+    );
+
+    trained(&mut c, "m").await; // v2, not loaded by anything yet
+    assert!(!is_ready(&mut c, 2).await);
+    assert_eq!(
+        latest_version(&mut c, &ids).await,
+        1,
+        "v1 answers while v2 warms"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while latest_version(&mut c, &ids).await != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "v2 never took traffic"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(is_ready(&mut c, 2).await);
+
+    trained(&mut c, "m").await; // v3
+    let pinned = c.predict.predict(predict_by("m", 3, "", &ids)).await;
+    assert_eq!(pinned.unwrap().into_inner().version, 3);
+    server.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batching_settings_and_statistics_are_per_model() {
     let dir = tempfile::tempdir().unwrap();

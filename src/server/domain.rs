@@ -46,11 +46,7 @@ impl Domain {
             Arc::clone(&datasets),
             Arc::clone(&registry),
         )?;
-        let predictor = Arc::new(Predictor::new(
-            Arc::clone(&registry),
-            device,
-            args.limits.predict(),
-        ));
+        let predictor = Predictor::new(Arc::clone(&registry), device, args.limits.predict());
         sweep_sessions_every_second(&predictor);
         Ok(Domain {
             registry,

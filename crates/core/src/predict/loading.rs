@@ -28,7 +28,10 @@ impl Predictor {
     /// The loaded model `selector` names. A loaded model costs a map lookup
     /// in the catalog and one in the cache; a model not loaded yet is read,
     /// built and run once on the blocking pool (concurrent first requests
-    /// wait for the same load).
+    /// wait for the same load). Warm-up: a new latest version takes
+    /// `latest` traffic once loaded and run once; until then the newest
+    /// loaded version answers it while the new one loads in the
+    /// background. A pinned version, or a first one, is waited for.
     pub async fn model_by(
         &self,
         name: &str,
@@ -50,6 +53,12 @@ impl Predictor {
             metrics::counter!("lstmd_model_cache_hits_total").increment(1);
             return Ok(model);
         }
+        if *selector == Selector::Latest {
+            if let Some(ready) = self.stand_in(name, version) {
+                metrics::counter!("lstmd_model_cache_hits_total").increment(1);
+                return Ok(ready);
+            }
+        }
         let stats = self.stats.of(name, version);
         let (model, hit) = self
             .cache
@@ -57,6 +66,31 @@ impl Predictor {
             .await?;
         self.count_cache(hit);
         Ok(model)
+    }
+
+    /// The newest loaded version of `name` below `version`, with `version`
+    /// set loading in the background (once at a time); None when no older
+    /// version is loaded.
+    fn stand_in(&self, name: &str, version: u32) -> Option<Arc<LoadedModel>> {
+        let ready = (self.cache.values_of(name).into_iter())
+            .filter(|m| m.version < version)
+            .max_by_key(|m| m.version)?;
+        let me = self.this.upgrade()?;
+        let key = (name.to_string(), version);
+        let mut warming = self.warming.lock().unwrap_or_else(|e| e.into_inner());
+        if warming.insert(key.clone()) {
+            tokio::spawn(async move {
+                let loaded = me.model_by(&key.0, &Selector::Version(key.1)).await;
+                if let Err(e) = loaded {
+                    tracing::warn!(model = %key.0, version = key.1, error = %e, "model load failed; the older version keeps serving");
+                }
+                me.warming
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key);
+            });
+        }
+        Some(ready)
     }
 
     /// Loads a model on the blocking pool (see [`load`]) and starts its

@@ -21,7 +21,8 @@ pub mod sessions;
 mod stateful;
 pub mod stats;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
@@ -152,11 +153,18 @@ pub struct Predictor {
     cache: ModelCache<LoadedModel>,
     sessions: Sessions,
     stats: StatsTable,
+    /// Versions loading in the background while an older one serves
+    /// `latest` (see [`Predictor::model_by`]).
+    warming: Mutex<HashSet<(String, u32)>>,
+    /// Itself, for the background loads.
+    this: Weak<Predictor>,
 }
 
 impl Predictor {
-    pub fn new(registry: Arc<ModelRegistry>, device: Device, limits: PredictLimits) -> Self {
-        Self {
+    pub fn new(registry: Arc<ModelRegistry>, device: Device, limits: PredictLimits) -> Arc<Self> {
+        Arc::new_cyclic(|this| Self {
+            warming: Mutex::default(),
+            this: Weak::clone(this),
             admission: Semaphore::new(limits.max_in_flight),
             cache: ModelCache::new(limits.model_cache_bytes),
             sessions: Sessions::new(limits.max_sessions, limits.session_idle_timeout),
@@ -164,7 +172,7 @@ impl Predictor {
             registry,
             device,
             limits,
-        }
+        })
     }
 
     /// Drops cached versions of a model (all when `version` is None), e.g.
