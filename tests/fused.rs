@@ -292,6 +292,35 @@ fn inference_engine_matches_forward() {
     }
 }
 
+/// The engine's logits, after the last token and after each, are the
+/// training network's (validation runs on the engine).
+#[test]
+fn inference_engine_logits_match_forward_last_and_every() {
+    for cell in [Cell::Lstm, Cell::Gru, Cell::Rnn] {
+        for bidirectional in [false, true] {
+            let s = spec(cell, bidirectional, &[10, 7], 0.0);
+            let (net, _) = build(&s, 22);
+            let engine = Engine::new(&net).unwrap().expect("CPU f32 network");
+            for rows in [1, 70, 130] {
+                let (ids, _) = batch(&s, rows, 5, rows as u64);
+                let flat: Vec<u32> = ids.flatten_all().unwrap().to_vec1().unwrap();
+                let label = format!("{cell:?} bi={bidirectional} rows={rows}");
+                let want = net.forward_composed(&ids, None).unwrap();
+                let got = engine.logits(&flat, rows, 5, false);
+                let got = Tensor::from_vec(got, (rows, s.vocab_size), &Device::Cpu).unwrap();
+                let e = worst_relative(&got, &want);
+                assert!(e <= 1e-5, "{label} last: {e:e}");
+                let want = net.forward_every_on(&ids, None, false).unwrap();
+                let want = want.reshape((rows * 5, s.vocab_size)).unwrap();
+                let got = engine.logits(&flat, rows, 5, true);
+                let got = Tensor::from_vec(got, (rows * 5, s.vocab_size), &Device::Cpu).unwrap();
+                let e = worst_relative(&got, &want);
+                assert!(e <= 1e-5, "{label} every: {e:e}");
+            }
+        }
+    }
+}
+
 #[test]
 fn inference_is_batch_invariant() {
     for cell in [Cell::Lstm, Cell::Gru, Cell::Rnn] {

@@ -1,11 +1,12 @@
 //! Validation: the loss and accuracies of the held-out data, without
-//! dropout, at large batches.
+//! dropout, at large batches (on the fused inference engine for windows).
 use candle_core::{Device, Tensor};
 
 use super::batches::{batch_tensors, carried_logits, stream_tensors, window_logits};
 use super::config::LossPositions;
 use super::split::Validation;
 use super::tally::Tally;
+use crate::nn::fused::Engine;
 use crate::nn::Network;
 
 pub(super) fn evaluate(
@@ -23,14 +24,23 @@ pub(super) fn evaluate(
     match validation {
         Validation::None => {}
         Validation::Windows(windows, indices) => {
+            // The inference engine where it runs (f32 on the CPU): no
+            // autograd state, fixed-order products, large batches.
+            let engine = Engine::new(network)?;
+            let every = positions == LossPositions::Every;
             for chunk in indices.chunks(1024) {
                 let (x, y) =
                     batch_tensors(windows, chunk, positions, device, &mut ids, &mut targets)?;
-                score(
-                    window_logits(network, &x, positions, None)?,
-                    &y,
-                    chunk.len(),
-                )?;
+                let logits = match &engine {
+                    Some(engine) => {
+                        let (n, w) = (chunk.len(), windows.window());
+                        let logits = engine.logits(&ids, n, w, every);
+                        let rows = logits.len() / engine.vocab_size();
+                        Tensor::from_vec(logits, (rows, engine.vocab_size()), device)?
+                    }
+                    None => window_logits(network, &x, positions, None)?,
+                };
+                score(logits, &y, chunk.len())?;
             }
         }
         Validation::Streams(streams) => {

@@ -118,9 +118,39 @@ impl Engine {
     /// Next-token probabilities [batch, vocab] for `ids` [batch, steps]
     /// (row-major), every id below the vocabulary size.
     pub fn probabilities(&self, ids: &[u32], batch: usize, steps: usize) -> Vec<f32> {
+        self.run(ids, batch, steps, Output::Probabilities)
+    }
+
+    /// Logits for `ids` [batch, steps]: [batch, vocab] after the last token,
+    /// or with `every`, [batch * steps, vocab] after each token (row
+    /// `r * steps + t`), as the training network's `forward_every` gives
+    /// them: from one pass when every layer is unidirectional; else each
+    /// prefix on its own, as a reverse direction would otherwise read the
+    /// tokens it predicts.
+    pub fn logits(&self, ids: &[u32], batch: usize, steps: usize, every: bool) -> Vec<f32> {
+        if !every || self.is_stateful() {
+            return self.run(ids, batch, steps, Output::Logits { every });
+        }
+        let v = self.vocab;
+        let mut out = vec![0.0f32; batch * steps * v];
+        let mut prefix = Vec::with_capacity(batch * steps);
+        for t in 1..=steps {
+            prefix.clear();
+            for row in ids.chunks_exact(steps) {
+                prefix.extend_from_slice(&row[..t]);
+            }
+            let last = self.run(&prefix, batch, t, Output::Logits { every: false });
+            for (r, logits) in last.chunks_exact(v).enumerate() {
+                out[(r * steps + t - 1) * v..][..v].copy_from_slice(logits);
+            }
+        }
+        out
+    }
+
+    fn run(&self, ids: &[u32], batch: usize, steps: usize, output: Output) -> Vec<f32> {
         assert_eq!(ids.len(), batch * steps, "ids are [batch, steps]");
         assert!(steps > 0, "sequences are not empty");
-        let v = self.vocab;
+        let v = self.vocab * output.positions(steps);
         let mut out = vec![0.0f32; batch * v];
         let blocks = batch.div_ceil(BLOCK_ROWS);
         // Blocks spread over the workers; a single block (a small batch)
@@ -140,7 +170,7 @@ impl Engine {
                     &ids[r0 * steps..(r0 + rows) * steps],
                     rows,
                     steps,
-                    mode,
+                    (mode, output),
                     &mut s.borrow_mut(),
                     dst,
                 )
@@ -209,7 +239,7 @@ impl Engine {
         ids: &[u32],
         rows: usize,
         steps: usize,
-        mode: Mode,
+        (mode, output): (Mode, Output),
         s: &mut Scratch,
         out: &mut [f32],
     ) {
@@ -223,7 +253,53 @@ impl Engine {
             .layers
             .last()
             .expect("a network has at least one layer");
-        self.head(&last.dims(steps, rows), s, out);
+        let d = last.dims(steps, rows);
+        match output {
+            Output::Probabilities => self.head(&d, s, out),
+            Output::Logits { every: false } => {
+                sequence::last_states(&d, &s.input, &mut s.last);
+                self.dense(rows, d.width(), &s.last, out);
+            }
+            Output::Logits { every: true } => {
+                // The last layer's every state, time-major: logits row
+                // t * rows + r, reordered batch-major.
+                let mut logits = std::mem::take(&mut s.logits);
+                logits.resize(steps * rows * self.vocab, 0.0);
+                self.dense(steps * rows, d.width(), &s.input, &mut logits);
+                let v = self.vocab;
+                for r in 0..rows {
+                    for t in 0..steps {
+                        out[(r * steps + t) * v..][..v]
+                            .copy_from_slice(&logits[(t * rows + r) * v..][..v]);
+                    }
+                }
+                s.logits = logits;
+            }
+        }
+    }
+
+    /// `out` [rows, vocab] = `x` [rows, w] W_dense^T + bias.
+    fn dense(&self, rows: usize, w: usize, x: &[f32], out: &mut [f32]) {
+        let v = self.vocab;
+        for row in out.chunks_exact_mut(v) {
+            row.copy_from_slice(&self.dense_bias);
+        }
+        // SAFETY: shapes as named; buffers distinct.
+        unsafe {
+            small_matmul(
+                rows,
+                v,
+                w,
+                x.as_ptr(),
+                w,
+                1,
+                self.dense_weight_t.as_ptr(),
+                v,
+                out.as_mut_ptr(),
+                v,
+                true,
+            );
+        }
     }
 
     /// Time-major embedding lookup of `ids` [rows, steps] into `s.input`.
@@ -243,29 +319,35 @@ impl Engine {
     fn head(&self, d: &Dims, s: &mut Scratch, out: &mut [f32]) {
         let rows = d.batch;
         sequence::last_states(d, &s.input, &mut s.last);
-        let (v, w) = (self.vocab, d.width());
-        s.logits.resize(rows * v, 0.0);
-        for row in s.logits.chunks_exact_mut(v) {
-            row.copy_from_slice(&self.dense_bias);
-        }
+        let v = self.vocab;
+        let mut logits = std::mem::take(&mut s.logits);
+        logits.resize(rows * v, 0.0);
+        self.dense(rows, d.width(), &s.last, &mut logits);
+        s.logits = logits;
         // SAFETY: shapes as named; buffers distinct.
         unsafe {
-            small_matmul(
-                rows,
-                v,
-                w,
-                s.last.as_ptr(),
-                w,
-                1,
-                self.dense_weight_t.as_ptr(),
-                v,
-                s.logits.as_mut_ptr(),
-                v,
-                true,
-            );
             for r in 0..rows {
                 softmax_row(s.logits[r * v..].as_ptr(), out[r * v..].as_mut_ptr(), v);
             }
+        }
+    }
+}
+
+/// What a batch run writes.
+#[derive(Clone, Copy)]
+enum Output {
+    /// Next-token probabilities after the last token.
+    Probabilities,
+    /// Logits after the last token, or after each.
+    Logits { every: bool },
+}
+
+impl Output {
+    /// Output rows per sequence.
+    fn positions(self, steps: usize) -> usize {
+        match self {
+            Output::Logits { every: true } => steps,
+            _ => 1,
         }
     }
 }
