@@ -2,7 +2,7 @@
 //! rows, then every weight and bias gradient and dx from whole-sequence
 //! products.
 use super::layout::{split_params, split_params_mut, Dims, DirParams};
-use super::{items, pointers, step_threads, Block, Initial, Ptr, State};
+use super::{items, step_threads, Block, Buffers, Initial, Ptr, State};
 use crate::nn::fused::matmul::{product, threads_for, Mat, MatMut};
 use crate::nn::fused::{gru, lstm, rnn, threads};
 use crate::nn::spec::Cell;
@@ -93,28 +93,15 @@ fn recur_back(
     init: Option<Initial>,
 ) {
     let items = items(d, &threads::row_blocks(d.batch, d.dirs));
-    let gate_ptrs = pointers(&mut state.gates);
-    let extra_ptrs = pointers(&mut state.extra);
     // Read only: the backward never writes the hidden states.
-    let hs_ptr = Ptr(hs.as_ptr() as *mut f32);
-    let zeros = vec![0.0f32; d.units];
+    let buffers = Buffers::new(d, state, Ptr(hs.as_ptr() as *mut f32));
     let per_step = step_threads(items.len());
     threads::for_each(items.len(), |i| {
-        let item = items[i];
-        let dir = item.0;
-        let at = Block::new(
-            d,
-            item,
-            gate_ptrs[dir],
-            extra_ptrs[dir],
-            hs_ptr,
-            &zeros,
-            init,
-        );
+        let at = buffers.block(d, items[i], init);
         let block = BackwardBlock {
+            p: split_params(d, params, at.dir),
             at,
             per_step,
-            p: split_params(d, params, dir),
             output,
         };
         // SAFETY: items cover disjoint (direction, rows) blocks.

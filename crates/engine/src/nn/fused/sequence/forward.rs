@@ -1,7 +1,7 @@
 //! The layer's forward: the input projection of every step in one
 //! product, then the recurrent loop over blocks of rows.
 use super::layout::{Dims, Prepared, PreparedDir};
-use super::{items, pointers, step_threads, Block, Initial, Mode, Ptr, State};
+use super::{items, pointers, step_threads, Block, Buffers, Initial, Mode, Ptr, State};
 use crate::nn::fused::matmul::{product, product_rowwise, threads_for, Mat, MatMut};
 use crate::nn::fused::{gru, lstm, rnn, threads};
 use crate::nn::spec::Cell;
@@ -129,31 +129,19 @@ fn recur(d: &Dims, weights: &Prepared, state: &mut State, budget: Budget, init: 
         vec![(0, d.batch)]
     };
     let items = items(d, &blocks);
-    let gate_ptrs = pointers(&mut state.gates);
-    let extra_ptrs = pointers(&mut state.extra);
     let h_ptr = Ptr(state.h.as_mut_ptr());
-    let zeros = vec![0.0f32; d.units];
+    let buffers = Buffers::new(d, state, h_ptr);
     let route = if budget.parallel {
         Route::Fast(step_threads(items.len()))
     } else {
         Route::RowWise((budget.infer_threads / items.len()).max(1))
     };
     let run = |i: usize| {
-        let item = items[i];
-        let dir = item.0;
-        let at = Block::new(
-            d,
-            item,
-            gate_ptrs[dir],
-            extra_ptrs[dir],
-            h_ptr,
-            &zeros,
-            init,
-        );
+        let at = buffers.block(d, items[i], init);
         let block = ForwardBlock {
+            p: &weights.dirs[at.dir],
             at,
             route,
-            p: &weights.dirs[dir],
         };
         // SAFETY: items cover disjoint (direction, rows) blocks.
         unsafe { block.run() }

@@ -100,6 +100,46 @@ fn step_threads(items: usize) -> usize {
     (threads::threads() / items.max(1)).max(1)
 }
 
+/// What every block of a recurrent loop points into: a state's gates and
+/// extra per direction, the hidden states, and H zeros.
+struct Buffers {
+    gates: Vec<Ptr>,
+    extra: Vec<Ptr>,
+    hs: Ptr,
+    zeros: Vec<f32>,
+}
+
+impl Buffers {
+    fn new(d: &Dims, state: &mut State, hs: Ptr) -> Self {
+        Buffers {
+            gates: pointers(&mut state.gates),
+            extra: pointers(&mut state.extra),
+            hs,
+            zeros: vec![0.0f32; d.units],
+        }
+    }
+
+    /// The block of loop item `(dir, r0, r1)`.
+    fn block<'a>(
+        &'a self,
+        d: &'a Dims,
+        (dir, r0, r1): (usize, usize, usize),
+        init: Option<Initial<'a>>,
+    ) -> Block<'a> {
+        Block {
+            d,
+            dir,
+            r0,
+            rows: r1 - r0,
+            gates: self.gates[dir],
+            extra: self.extra[dir],
+            hs: self.hs,
+            zeros: &self.zeros,
+            init,
+        }
+    }
+}
+
 /// One work item of a recurrent loop: direction `dir`, batch rows
 /// `r0..r0 + rows`. It reads and writes only its own rows of the buffers.
 #[derive(Clone, Copy)]
@@ -118,30 +158,7 @@ struct Block<'a> {
     init: Option<Initial<'a>>,
 }
 
-impl<'a> Block<'a> {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        d: &'a Dims,
-        (dir, r0, r1): (usize, usize, usize),
-        gates: Ptr,
-        extra: Ptr,
-        hs: Ptr,
-        zeros: &'a [f32],
-        init: Option<Initial<'a>>,
-    ) -> Self {
-        Block {
-            d,
-            dir,
-            r0,
-            rows: r1 - r0,
-            gates,
-            extra,
-            hs,
-            zeros,
-            init,
-        }
-    }
-
+impl Block<'_> {
     /// The block's first row at time `t` in a [T, B, ...] buffer.
     fn row(&self, t: usize) -> usize {
         t * self.d.batch + self.r0
