@@ -24,12 +24,37 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start: the small Migrate variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the gRPC service.
     Serve(ServeArgs),
+    /// Apply the database migrations a release needs, then exit (`serve`
+    /// applies them too; run this first to upgrade the schema on its own,
+    /// e.g. from a Kubernetes Job before a rolling update).
+    Migrate(MigrateArgs),
     #[command(flatten)]
     Client(ClientCommand),
+}
+
+#[derive(clap::Args)]
+pub struct MigrateArgs {
+    /// The database: `postgres://user:password@host:port/db`.
+    #[arg(long, env = "LSTMD_RECORDS")]
+    pub records: String,
+}
+
+/// `lstmd migrate`: prints the migrations applied (none when up to date).
+pub fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
+    let (_, applied) = crate::store::postgres::PgRecords::connect(&args.records)?;
+    let known = crate::store::postgres::schema_version();
+    if applied.is_empty() {
+        println!("database schema up to date (version {known})");
+    } else {
+        println!("applied migrations {applied:?}; database schema at version {known}");
+    }
+    Ok(())
 }
 
 /// The command tree, with the client options hidden from `serve`, which

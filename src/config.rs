@@ -17,6 +17,23 @@ pub struct ServeArgs {
     /// Directory holding datasets, models and records.
     #[arg(long, env = "LSTMD_DATA_DIR", default_value = "./lstmd-data")]
     pub data_dir: PathBuf,
+    /// Keep records, the job queue and events in PostgreSQL
+    /// (`postgres://user:password@host:port/db`) instead of the data dir;
+    /// needs --blobs. The data dir then holds only local scratch files.
+    #[arg(long, env = "LSTMD_RECORDS", requires = "blobs")]
+    pub records: Option<String>,
+    /// Keep weights, checkpoints and datasets in S3-compatible object
+    /// storage (`s3://bucket/prefix`; credentials, region and endpoint from
+    /// the AWS_* environment variables); needs --records.
+    #[arg(long, env = "LSTMD_BLOBS", requires = "records")]
+    pub blobs: Option<String>,
+    /// The S3 API's address, for S3-compatible servers (MinIO, Ceph, ...);
+    /// AWS_ENDPOINT_URL does the same. Requests are path-style.
+    #[arg(long, env = "LSTMD_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Allow a plain-http --s3-endpoint (a server inside the cluster).
+    #[arg(long, env = "LSTMD_S3_ALLOW_HTTP")]
+    pub s3_allow_http: bool,
     /// Training worker threads (default: half the cores, at least 1).
     #[arg(long, env = "LSTMD_WORKERS")]
     pub workers: Option<usize>,
@@ -215,6 +232,18 @@ impl ServeArgs {
         args.listen = listen;
         args.data_dir = data_dir;
         args
+    }
+
+    /// The S3 client's settings from --s3-endpoint and --s3-allow-http.
+    pub fn blob_options(&self) -> Vec<(String, String)> {
+        let mut options = Vec::new();
+        if let Some(endpoint) = &self.s3_endpoint {
+            options.push(("aws_endpoint".to_string(), endpoint.clone()));
+        }
+        if self.s3_allow_http {
+            options.push(("aws_allow_http".to_string(), "true".to_string()));
+        }
+        options
     }
 
     pub fn workers(&self) -> usize {

@@ -7,8 +7,16 @@ use lstmd::config::{LogFormat, ServeArgs};
 
 fn main() -> ExitCode {
     lstmd::cli::output::quiet_on_broken_pipe();
+    lstmd::server::tls::choose_crypto_provider();
     match app::parse().command {
         Command::Serve(args) => match serve(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Migrate(args) => match app::migrate(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");

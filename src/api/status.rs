@@ -49,8 +49,10 @@ fn internal(what: impl std::fmt::Display) -> Status {
 
 impl IntoStatus for StoreError {
     fn into_status(self) -> Status {
-        let e = self;
-        internal(e)
+        match self {
+            StoreError::Unavailable(_) => Status::unavailable(self.to_string()),
+            e => internal(e),
+        }
     }
 }
 
@@ -79,9 +81,8 @@ impl IntoStatus for JobError {
             JobError::AlreadyEnded { .. } | JobError::DatasetInUse { .. } => {
                 Code::FailedPrecondition
             }
-            JobError::Store(_) | JobError::NotRecorded | JobError::Spawn { .. } => {
-                return internal(e)
-            }
+            JobError::Store(s) => return s.into_status(),
+            JobError::NotRecorded | JobError::Spawn { .. } => return internal(e),
         };
         Status::new(code, e.to_string())
     }

@@ -9,7 +9,7 @@ use crate::config::ServeArgs;
 use crate::data::Datasets;
 use crate::jobs::{JobManager, JobsConfig};
 use crate::predict::Predictor;
-use crate::store::{LocalStore, ModelRegistry, Store};
+use crate::store::{backends, ModelRegistry, OpenStore, StoreUrls};
 
 pub(super) struct Domain {
     pub registry: Arc<ModelRegistry>,
@@ -22,10 +22,19 @@ pub(super) struct Domain {
 
 impl Domain {
     pub fn open(args: &ServeArgs, device: candle_core::Device) -> anyhow::Result<Self> {
-        let local = LocalStore::open(&args.data_dir)
-            .with_context(|| format!("cannot open data dir {}", args.data_dir.display()))?;
-        let data_dir_open = local.closed_signal();
-        let store: Arc<dyn Store> = Arc::new(local);
+        let OpenStore {
+            store,
+            closed: data_dir_open,
+        } = backends::open(&StoreUrls {
+            data_dir: args.data_dir.clone(),
+            records: args.records.clone(),
+            blobs: args.blobs.clone(),
+            blob_options: args.blob_options(),
+        })
+        .with_context(|| match &args.records {
+            None => format!("cannot open data dir {}", args.data_dir.display()),
+            Some(_) => "cannot open the cluster stores (--records, --blobs)".to_string(),
+        })?;
         let registry = Arc::new(ModelRegistry::new(Arc::clone(&store)));
         // Versions and labels in memory before the first request needs them.
         registry

@@ -8,7 +8,7 @@ mod domain;
 mod listeners;
 mod services;
 mod shutdown;
-mod tls;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -88,6 +88,7 @@ pub async fn start(
 ) -> anyhow::Result<RunningServer> {
     let device = parse_device(&args.device).map_err(anyhow::Error::msg)?;
     crate::nn::fused::threads::configure(args.kernel_threads);
+    tls::choose_crypto_provider();
     // Settings that can be wrong are checked before anything starts.
     let (builder, auth) = secured_transport(&args)?;
     let metrics = match args.metrics_listen {
@@ -193,6 +194,10 @@ fn log_serving(
         metrics = %metrics_addr.map_or_else(|| "off".into(), |a| a.to_string()),
         health_only = %health_addr.map_or_else(|| "off".into(), |a| a.to_string()),
         data_dir = %args.data_dir.display(),
+        stores = %match &args.blobs {
+            Some(blobs) => format!("PostgreSQL records, blobs in {blobs}"),
+            None => "the data dir".to_string(),
+        },
         device = %args.device,
         "lstmd serving"
     );

@@ -9,6 +9,13 @@ fn read(what: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
 }
 
+/// Makes ring the process's TLS crypto provider (tonic's), before any TLS
+/// config is built: the S3 client links aws-lc-rs too, and with two
+/// providers in the binary rustls refuses to guess. Idempotent.
+pub fn choose_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// `None` when the server runs in plaintext.
 pub(super) fn tls_config(security: &SecurityArgs) -> anyhow::Result<Option<ServerTlsConfig>> {
     let (Some(cert), Some(key)) = (&security.tls_cert, &security.tls_key) else {

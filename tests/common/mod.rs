@@ -1,6 +1,7 @@
 //! Starts the real server on 127.0.0.1 port 0 with a data dir, and connects
 //! the generated clients to it.
 #![allow(dead_code)]
+pub mod cluster;
 pub mod pki;
 
 use std::path::Path;
@@ -153,6 +154,11 @@ pub struct Binary {
 
 impl Binary {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Binary {
+        Binary::start_env(data_dir, extra, &[])
+    }
+
+    /// `start`, with these environment variables set for the server.
+    pub fn start_env(data_dir: &Path, extra: &[&str], env: &[(&str, String)]) -> Binary {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -175,6 +181,7 @@ impl Binary {
             ])
             .arg(data_dir)
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
 use super::atomic::{sync_dir, write_atomic};
+use super::keys::check_key;
 use super::records::RedbRecords;
 use super::{BlobStore, RecordStore, RecordWrite, StoreError};
 
@@ -19,24 +20,6 @@ pub struct LocalStore {
 /// Where uploads are staged: inside the data directory, so that committing
 /// one is a rename on the same file system.
 const STAGING: &str = "staging";
-
-/// Keys and ids are made of validated names; refuse anything else so a key
-/// can never escape the data directory.
-fn check_key(key: &str) -> Result<(), StoreError> {
-    let ok = !key.is_empty()
-        && key.split('/').all(|part| {
-            !part.is_empty()
-                && !part.starts_with('.')
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::BadKey(key.to_string()))
-    }
-}
 
 impl LocalStore {
     /// Opens (creating if needed) the data directory and checks it is

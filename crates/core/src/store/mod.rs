@@ -1,14 +1,23 @@
 //! Durable state behind two small traits, one for blobs (weights, token
 //! streams) and one for JSON records (datasets, models, jobs), so that
-//! object storage and a database can replace the local defaults.
+//! object storage and a database can replace the local defaults
+//! (backends.rs chooses).
 mod atomic;
+pub mod backends;
+mod bridge;
 pub mod catalog;
+mod keys;
 pub mod leftovers;
 pub mod local;
+mod migrations;
 pub mod models;
+pub mod object;
+pub mod postgres;
 pub mod records;
 mod registry_catalog;
+mod split;
 
+pub use backends::{OpenStore, StoreUrls};
 pub use catalog::{ModelSettings, Selector};
 pub use local::LocalStore;
 pub use models::{Listing, ModelMetadata, ModelRegistry};
@@ -23,6 +32,10 @@ pub enum StoreError {
     BadKey(String),
     #[error("record database failed: {0}")]
     Database(String),
+    /// A database or object store that cannot be reached or does not
+    /// answer: worth a retry once it is back.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Whole-object storage. Puts are atomic: readers see the old bytes or all

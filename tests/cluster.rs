@@ -1,0 +1,344 @@
+//! The cluster stores: records in a real PostgreSQL and blobs in a real
+//! S3-compatible server (tests/common/cluster.rs starts both), through the
+//! store backends themselves and through `lstmd serve --records --blobs`
+//! run as a real process: a new pod with an empty data dir finds everything
+//! the last one left, a job killed mid-run resumes there from its
+//! checkpoint in object storage and ends with the weights of an
+//! uninterrupted run, and a second replica on the same database is refused.
+mod common;
+
+use std::io::{Seek, Write};
+use std::time::Duration;
+
+use common::cluster::{cluster, psql};
+use common::*;
+use lstmd::proto as pb;
+use lstmd::store::object::ObjectBlobs;
+use lstmd::store::postgres::PgRecords;
+use lstmd::store::{BlobStore, RecordStore, RecordWrite};
+
+fn blobs_at(url: &str, scratch: &std::path::Path) -> ObjectBlobs {
+    ObjectBlobs::open(url, scratch, &cluster().blob_options()).expect("the bucket answers")
+}
+
+#[test]
+fn records_in_postgresql_behave_as_the_embedded_ones() {
+    let records = PgRecords::open(&cluster().database()).unwrap();
+    let w = |id: &'static str, json: Option<&'static [u8]>| RecordWrite {
+        table: "models",
+        id,
+        json,
+    };
+    records
+        .write_records(
+            &[
+                w("a_1", Some(b"1")),
+                w("a%2", Some(b"2")),
+                w("ab", Some(b"3")),
+            ],
+            true,
+        )
+        .unwrap();
+    records.put_record("other", "a_1", b"x").unwrap();
+    assert_eq!(
+        records.get_record("models", "a_1").unwrap().as_deref(),
+        Some(&b"1"[..])
+    );
+    assert_eq!(records.get_record("models", "zz").unwrap(), None);
+    // A prefix matches literally (LIKE's `_` and `%` are not wildcards),
+    // in id order, within its table.
+    let ids = |prefix: &str| -> Vec<String> {
+        let rows = records.list_records("models", prefix).unwrap();
+        rows.into_iter().map(|(id, _)| id).collect()
+    };
+    assert_eq!(ids("a"), ["a%2", "a_1", "ab"]);
+    assert_eq!(ids("a_"), ["a_1"]);
+    assert_eq!(ids("a%"), ["a%2"]);
+    // A batch is one transaction: an update and a delete land together,
+    // non-durable writes too.
+    records
+        .write_records(&[w("a_1", Some(b"10")), w("ab", None)], false)
+        .unwrap();
+    assert_eq!(ids(""), ["a%2", "a_1"]);
+    assert_eq!(
+        records.get_record("models", "a_1").unwrap().as_deref(),
+        Some(&b"10"[..])
+    );
+    records.delete_record("models", "a%2").unwrap();
+    assert_eq!(ids(""), ["a_1"]);
+    assert_eq!(records.list_records("other", "").unwrap().len(), 1);
+}
+
+#[test]
+fn blobs_in_object_storage_behave_as_local_files() {
+    let scratch = tempfile::tempdir().unwrap();
+    let url = cluster().blobs();
+    let blobs = blobs_at(&url, scratch.path());
+    blobs.put_blob("models/m/1/metadata.json", b"{}").unwrap();
+    blobs
+        .put_blob("models/m/2/metadata.json", b"{\"v\":2}")
+        .unwrap();
+    blobs.put_blob("models/mm/1/metadata.json", b"{}").unwrap();
+    assert_eq!(
+        blobs.get_blob("models/m/2/metadata.json").unwrap().unwrap(),
+        b"{\"v\":2}"
+    );
+    assert_eq!(blobs.get_blob("models/m/3/metadata.json").unwrap(), None);
+    assert_eq!(
+        blobs.blob_size("models/m/2/metadata.json").unwrap(),
+        Some(7)
+    );
+    let mut under_m = blobs.list_blobs("models/m").unwrap();
+    under_m.sort();
+    assert_eq!(
+        under_m,
+        ["models/m/1/metadata.json", "models/m/2/metadata.json"]
+    );
+
+    // A staged file larger than a part goes up in parts (multipart upload)
+    // and comes back byte for byte through a local file.
+    let mut staged = blobs.staging_file().unwrap();
+    let big: Vec<u8> = (0..20_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    staged.write_all(&big).unwrap();
+    staged.as_file_mut().rewind().unwrap();
+    blobs
+        .put_blob_file("datasets/ds-1/tokens.u32", staged)
+        .unwrap();
+    assert_eq!(
+        blobs.blob_size("datasets/ds-1/tokens.u32").unwrap(),
+        Some(big.len() as u64)
+    );
+    let mut file = blobs
+        .open_blob("datasets/ds-1/tokens.u32")
+        .unwrap()
+        .unwrap();
+    let mut back = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut back).unwrap();
+    assert!(back == big, "the blob read back differs");
+    assert_eq!(
+        blobs
+            .open_blob("datasets/ds-2/tokens.u32")
+            .unwrap()
+            .map(|_| ()),
+        None
+    );
+    // Nothing staged stays behind locally.
+    drop(file);
+    let left: Vec<_> = std::fs::read_dir(scratch.path())
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "scratch files left: {left:?}");
+
+    // Deleting a folder takes every blob under it, not its neighbours'.
+    blobs.delete_blobs("models/m").unwrap();
+    assert_eq!(
+        blobs.list_blobs("models").unwrap(),
+        ["models/mm/1/metadata.json"]
+    );
+    // Keys are checked as the local store checks them.
+    assert!(blobs.put_blob("../escape", b"x").is_err());
+    // A second client on the same URL sees the same objects.
+    let again = blobs_at(&url, scratch.path());
+    assert_eq!(
+        again.list_blobs("datasets").unwrap(),
+        ["datasets/ds-1/tokens.u32"]
+    );
+}
+
+#[test]
+fn replicas_starting_together_apply_each_migration_once() {
+    let url = cluster().database();
+    let applied: Vec<Vec<i32>> = std::thread::scope(|s| {
+        let starts: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| PgRecords::connect(&url).unwrap().1))
+            .collect();
+        starts.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ran: Vec<i32> = applied.concat();
+    assert_eq!(ran, [1], "each migration runs once: {applied:?}");
+    let rows = psql(
+        cluster().pg_port,
+        url.rsplit('/').next().unwrap(),
+        "SELECT version FROM lstmd_migrations",
+    );
+    assert_eq!(rows.unwrap(), "1");
+    // `lstmd migrate` on a migrated database has nothing to do.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lstmd"))
+        .args(["migrate", "--records", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("up to date"));
+}
+
+/// `serve` on the test cluster's database `records` and prefix `blobs`.
+fn replica(data_dir: &std::path::Path, records: &str, blobs: &str) -> Binary {
+    let flags = cluster().serve_flags(records, blobs);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    Binary::start_env(data_dir, &flags, &cluster().env())
+}
+
+async fn predict_probabilities(c: &mut Clients, model: &str) -> Vec<f64> {
+    let answer = c
+        .predict
+        .predict(pb::PredictRequest {
+            model: model.into(),
+            sequences: vec![pb::Sequence {
+                ids: vec![0, 1, 2, 3, 4, 5],
+                text: String::new(),
+            }],
+            top_k: Some(3),
+            ..Default::default()
+        })
+        .await
+        .expect("Predict answers")
+        .into_inner();
+    answer.predictions[0]
+        .top
+        .iter()
+        .map(|t| t.probability)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_pod_finds_everything_and_a_second_replica_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (records, blobs) = (cluster().database(), cluster().blobs());
+    let mut first = replica(&dir.path().join("pod-1"), &records, &blobs);
+    let mut c = first.connect().await;
+    let ds = ids_dataset(&mut c, "cycle", cycle(7, 600), 7).await;
+    let job = c
+        .jobs
+        .create_training_job(long_job(&ds.id, "kept", 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        finished(&watch_all(&mut c, &job.id).await).state,
+        pb::JobState::Succeeded as i32
+    );
+    let before = predict_probabilities(&mut c, "kept").await;
+
+    // Jobs are coordinated in one process for now: a second replica on the
+    // same database stops at start and says why.
+    let second_dir = dir.path().join("pod-2");
+    let mut second = replica(&second_dir, &records, &blobs);
+    let status = second.child.wait().unwrap();
+    assert!(!status.success());
+    let log = std::fs::read_to_string(second_dir.with_extension("log")).unwrap();
+    assert!(
+        log.contains("another lstmd replica runs on this database"),
+        "{log}"
+    );
+
+    first.child.kill().unwrap(); // SIGKILL: the pod is gone, its disk too
+    first.child.wait().unwrap();
+    drop(first);
+    let third = replica(&dir.path().join("pod-3"), &records, &blobs);
+    let mut c = third.connect().await;
+    assert_eq!(predict_probabilities(&mut c, "kept").await, before);
+    let listed = c
+        .datasets
+        .list_datasets(pb::ListDatasetsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed
+            .datasets
+            .iter()
+            .map(|d| d.id.clone())
+            .collect::<Vec<_>>(),
+        [ds.id]
+    );
+    let got = c
+        .jobs
+        .get_job(pb::GetJobRequest { id: job.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.state, pb::JobState::Succeeded as i32);
+}
+
+/// The weights a job registered, as stored.
+fn weights(blobs: &dyn BlobStore, model: &str) -> Vec<u8> {
+    blobs
+        .get_blob(&format!("models/{model}/1/model.safetensors"))
+        .unwrap()
+        .expect("the model's weights are stored")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_killed_mid_run_resumes_on_a_new_pod_from_object_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let epochs = 6;
+    // The same job, uninterrupted, on the embedded store.
+    let local = start(&dir.path().join("local")).await;
+    let mut c = connect(&local).await;
+    let ds = ids_dataset(&mut c, "cycle", cycle(7, 3000), 7).await;
+    let job = c
+        .jobs
+        .create_training_job(long_job(&ds.id, "survivor", epochs))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        finished(&watch_all(&mut c, &job.id).await).state,
+        pb::JobState::Succeeded as i32
+    );
+    local.stop().await.unwrap();
+    let local_store = lstmd::store::LocalStore::open(&dir.path().join("local")).unwrap();
+    let uninterrupted = weights(&local_store, "survivor");
+
+    let (records, blobs) = (cluster().database(), cluster().blobs());
+    let mut pod = replica(&dir.path().join("pod-1"), &records, &blobs);
+    let mut c = pod.connect().await;
+    let ds = ids_dataset(&mut c, "cycle", cycle(7, 3000), 7).await;
+    let job = c
+        .jobs
+        .create_training_job(long_job(&ds.id, "survivor", epochs))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stream = c
+        .jobs
+        .watch_job(pb::WatchJobRequest { id: job.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    wait_for_epoch(&mut stream, 2).await;
+    pod.child.kill().unwrap(); // SIGKILL mid-run
+    pod.child.wait().unwrap();
+    drop(pod);
+
+    let pod = replica(&dir.path().join("pod-2"), &records, &blobs);
+    let mut c = pod.connect().await;
+    let events = tokio::time::timeout(Duration::from_secs(300), watch_all(&mut c, &job.id))
+        .await
+        .expect("the resumed job ends");
+    let done = finished(&events);
+    assert_eq!(
+        done.state,
+        pb::JobState::Succeeded as i32,
+        "{}",
+        done.reason
+    );
+    assert!(
+        events.iter().any(|e| matches!(&e.kind,
+            Some(pb::job_event::Kind::State(s)) if s.message.contains("resumed") && s.message.contains("checkpoint"))),
+        "the job resumed from a checkpoint"
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let resumed = weights(&blobs_at(&blobs, scratch.path()), "survivor");
+    assert!(
+        resumed == uninterrupted,
+        "resumed weights differ from an uninterrupted run's"
+    );
+}
