@@ -4,7 +4,13 @@
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::cli::{ClientArgs, ClientCommand, CLIENT_HEADING};
-use crate::config::ServeArgs;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::config::{ServeArgs, StoreArgs};
+use crate::store::copy::copy_data_dir;
+use crate::store::{backends, LocalStore};
 
 #[derive(Parser)]
 #[command(
@@ -40,20 +46,53 @@ pub enum Command {
 
 #[derive(clap::Args)]
 pub struct MigrateArgs {
-    /// The database: `postgres://user:password@host:port/db`.
-    #[arg(long, env = "LSTMD_RECORDS")]
-    pub records: String,
+    #[command(flatten)]
+    pub stores: StoreArgs,
+    /// Also copy a single-node data dir (not in use) into the cluster
+    /// stores, which must be empty: every dataset, model, job and event.
+    #[arg(long)]
+    pub from_data_dir: Option<PathBuf>,
 }
 
-/// `lstmd migrate`: prints the migrations applied (none when up to date).
+/// `lstmd migrate`: applies the migrations the database lacks (printing
+/// them), then copies `--from-data-dir` when given.
 pub fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
-    let (_, applied) = crate::store::postgres::PgRecords::connect(&args.records)?;
-    let known = crate::store::postgres::schema_version();
+    use crate::store::postgres::{schema_version, PgRecords};
+    let records = args
+        .stores
+        .records
+        .as_deref()
+        .context("--records (or LSTMD_RECORDS) names the database to migrate")?;
+    let (_, applied) = PgRecords::connect(records)?;
+    let known = schema_version();
     if applied.is_empty() {
         println!("database schema up to date (version {known})");
     } else {
         println!("applied migrations {applied:?}; database schema at version {known}");
     }
+    let Some(data_dir) = &args.from_data_dir else {
+        return Ok(());
+    };
+    anyhow::ensure!(
+        args.stores.blobs.is_some(),
+        "--from-data-dir needs --blobs, where the data dir's files go"
+    );
+    let from = LocalStore::open(data_dir).with_context(|| {
+        format!(
+            "cannot open data dir {} (is a server using it?)",
+            data_dir.display()
+        )
+    })?;
+    let scratch = tempfile::tempdir()?;
+    let to = backends::open(&args.stores.urls(scratch.path()))?;
+    let copied = copy_data_dir(&from, to.store.as_ref())?;
+    println!(
+        "copied {} records and {} blobs ({} bytes) from {}",
+        copied.records,
+        copied.blobs,
+        copied.bytes,
+        data_dir.display()
+    );
     Ok(())
 }
 

@@ -17,23 +17,8 @@ pub struct ServeArgs {
     /// Directory holding datasets, models and records.
     #[arg(long, env = "LSTMD_DATA_DIR", default_value = "./lstmd-data")]
     pub data_dir: PathBuf,
-    /// Keep records, the job queue and events in PostgreSQL
-    /// (`postgres://user:password@host:port/db`) instead of the data dir;
-    /// needs --blobs. The data dir then holds only local scratch files.
-    #[arg(long, env = "LSTMD_RECORDS", requires = "blobs")]
-    pub records: Option<String>,
-    /// Keep weights, checkpoints and datasets in S3-compatible object
-    /// storage (`s3://bucket/prefix`; credentials, region and endpoint from
-    /// the AWS_* environment variables); needs --records.
-    #[arg(long, env = "LSTMD_BLOBS", requires = "records")]
-    pub blobs: Option<String>,
-    /// The S3 API's address, for S3-compatible servers (MinIO, Ceph, ...);
-    /// AWS_ENDPOINT_URL does the same. Requests are path-style.
-    #[arg(long, env = "LSTMD_S3_ENDPOINT")]
-    pub s3_endpoint: Option<String>,
-    /// Allow a plain-http --s3-endpoint (a server inside the cluster).
-    #[arg(long, env = "LSTMD_S3_ALLOW_HTTP")]
-    pub s3_allow_http: bool,
+    #[command(flatten)]
+    pub stores: StoreArgs,
     /// Training worker threads (default: half the cores, at least 1).
     #[arg(long, env = "LSTMD_WORKERS")]
     pub workers: Option<usize>,
@@ -79,6 +64,53 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// Where records and blobs live: the data dir (neither flag), or the
+/// cluster stores (both).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct StoreArgs {
+    /// Keep records, the job queue and events in PostgreSQL
+    /// (`postgres://user:password@host:port/db`) instead of the data dir;
+    /// goes with --blobs. The data dir then holds only local scratch files.
+    #[arg(long, env = "LSTMD_RECORDS")]
+    pub records: Option<String>,
+    /// Keep weights, checkpoints and datasets in S3-compatible object
+    /// storage (`s3://bucket/prefix`; credentials, region and endpoint from
+    /// the AWS_* environment variables); goes with --records.
+    #[arg(long, env = "LSTMD_BLOBS")]
+    pub blobs: Option<String>,
+    /// The S3 API's address, for S3-compatible servers (MinIO, Ceph, ...);
+    /// AWS_ENDPOINT_URL does the same. Requests are path-style.
+    #[arg(long, env = "LSTMD_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Allow a plain-http --s3-endpoint (a server inside the cluster).
+    #[arg(long, env = "LSTMD_S3_ALLOW_HTTP")]
+    pub s3_allow_http: bool,
+}
+
+impl StoreArgs {
+    /// The S3 client's settings from --s3-endpoint and --s3-allow-http.
+    pub fn blob_options(&self) -> Vec<(String, String)> {
+        let mut options = Vec::new();
+        if let Some(endpoint) = &self.s3_endpoint {
+            options.push(("aws_endpoint".to_string(), endpoint.clone()));
+        }
+        if self.s3_allow_http {
+            options.push(("aws_allow_http".to_string(), "true".to_string()));
+        }
+        options
+    }
+
+    /// The stores these flags name, with `data_dir` for local files.
+    pub fn urls(&self, data_dir: &std::path::Path) -> crate::store::StoreUrls {
+        crate::store::StoreUrls {
+            data_dir: data_dir.to_path_buf(),
+            records: self.records.clone(),
+            blobs: self.blobs.clone(),
+            blob_options: self.blob_options(),
+        }
+    }
 }
 
 /// TLS and bearer-token auth.
@@ -232,18 +264,6 @@ impl ServeArgs {
         args.listen = listen;
         args.data_dir = data_dir;
         args
-    }
-
-    /// The S3 client's settings from --s3-endpoint and --s3-allow-http.
-    pub fn blob_options(&self) -> Vec<(String, String)> {
-        let mut options = Vec::new();
-        if let Some(endpoint) = &self.s3_endpoint {
-            options.push(("aws_endpoint".to_string(), endpoint.clone()));
-        }
-        if self.s3_allow_http {
-            options.push(("aws_allow_http".to_string(), "true".to_string()));
-        }
-        options
     }
 
     pub fn workers(&self) -> usize {

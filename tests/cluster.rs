@@ -342,3 +342,75 @@ async fn a_job_killed_mid_run_resumes_on_a_new_pod_from_object_storage() {
         "resumed weights differ from an uninterrupted run's"
     );
 }
+
+/// `lstmd migrate` with the test cluster's S3 settings and `extra` flags.
+fn migrate(records: &str, blobs: &str, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lstmd"))
+        .arg("migrate")
+        .args(cluster().serve_flags(records, blobs))
+        .args(extra)
+        .envs(cluster().env())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_data_dir_moves_to_the_cluster_stores() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("single");
+    let server = start(&data).await;
+    let mut c = connect(&server).await;
+    let ds = ids_dataset(&mut c, "cycle", cycle(7, 600), 7).await;
+    let job = c
+        .jobs
+        .create_training_job(long_job(&ds.id, "moved", 1))
+        .await
+        .unwrap()
+        .into_inner();
+    let events = watch_all(&mut c, &job.id).await;
+    assert_eq!(finished(&events).state, pb::JobState::Succeeded as i32);
+    let before = predict_probabilities(&mut c, "moved").await;
+    server.stop().await.unwrap();
+
+    let (records, blobs) = (cluster().database(), cluster().blobs());
+    let out = migrate(
+        &records,
+        &blobs,
+        &["--from-data-dir", data.to_str().unwrap()],
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("applied migrations [1]") && said.contains("copied"),
+        "{said}"
+    );
+    // A second copy would merge two registries: refused, nothing written.
+    let again = migrate(
+        &records,
+        &blobs,
+        &["--from-data-dir", data.to_str().unwrap()],
+    );
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already holds records"));
+
+    let pod = replica(&dir.path().join("pod"), &records, &blobs);
+    let mut c = pod.connect().await;
+    assert_eq!(predict_probabilities(&mut c, "moved").await, before);
+    assert_eq!(
+        watch_all(&mut c, &job.id).await,
+        events,
+        "the job's events, as they were"
+    );
+    let listed = c
+        .datasets
+        .list_datasets(pb::ListDatasetsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.datasets.len(), 1);
+    assert_eq!(listed.datasets[0].id, ds.id);
+}

@@ -9,7 +9,7 @@ use crate::config::ServeArgs;
 use crate::data::Datasets;
 use crate::jobs::{JobManager, JobsConfig};
 use crate::predict::Predictor;
-use crate::store::{backends, ModelRegistry, OpenStore, StoreUrls};
+use crate::store::{backends, ModelRegistry, OpenStore};
 
 pub(super) struct Domain {
     pub registry: Arc<ModelRegistry>,
@@ -25,15 +25,11 @@ impl Domain {
         let OpenStore {
             store,
             closed: data_dir_open,
-        } = backends::open(&StoreUrls {
-            data_dir: args.data_dir.clone(),
-            records: args.records.clone(),
-            blobs: args.blobs.clone(),
-            blob_options: args.blob_options(),
-        })
-        .with_context(|| match &args.records {
-            None => format!("cannot open data dir {}", args.data_dir.display()),
-            Some(_) => "cannot open the cluster stores (--records, --blobs)".to_string(),
+        } = backends::open(&args.stores.urls(&args.data_dir)).with_context(|| {
+            match &args.stores.records {
+                None => format!("cannot open data dir {}", args.data_dir.display()),
+                Some(_) => "cannot open the cluster stores (--records, --blobs)".to_string(),
+            }
         })?;
         let registry = Arc::new(ModelRegistry::new(Arc::clone(&store)));
         // Versions and labels in memory before the first request needs them.

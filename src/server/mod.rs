@@ -194,7 +194,7 @@ fn log_serving(
         metrics = %metrics_addr.map_or_else(|| "off".into(), |a| a.to_string()),
         health_only = %health_addr.map_or_else(|| "off".into(), |a| a.to_string()),
         data_dir = %args.data_dir.display(),
-        stores = %match &args.blobs {
+        stores = %match &args.stores.blobs {
             Some(blobs) => format!("PostgreSQL records, blobs in {blobs}"),
             None => "the data dir".to_string(),
         },

@@ -61,6 +61,17 @@ impl LocalStore {
         &self.root
     }
 
+    /// The top-level folders of blobs (`models`, `datasets`, ...).
+    pub fn blob_folders(&self) -> Result<Vec<String>, StoreError> {
+        let mut folders = Vec::new();
+        for entry in std::fs::read_dir(self.root.join("blobs"))?.flatten() {
+            if entry.file_type()?.is_dir() {
+                folders.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        Ok(folders)
+    }
+
     fn blob_path(&self, key: &str) -> Result<PathBuf, StoreError> {
         check_key(key)?;
         Ok(self.root.join("blobs").join(key))
@@ -192,5 +203,9 @@ impl RecordStore for LocalStore {
         prefix: &str,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.records.list_records(table, prefix)
+    }
+
+    fn tables(&self) -> Result<Vec<String>, StoreError> {
+        self.records.tables()
     }
 }

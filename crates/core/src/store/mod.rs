@@ -6,6 +6,7 @@ mod atomic;
 pub mod backends;
 mod bridge;
 pub mod catalog;
+pub mod copy;
 mod keys;
 pub mod leftovers;
 pub mod local;
@@ -80,6 +81,8 @@ pub trait RecordStore: Send + Sync {
     /// Records whose id starts with `prefix`, in id order.
     fn list_records(&self, table: &str, prefix: &str)
         -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// The names of the tables that hold records (for a copy of them all).
+    fn tables(&self) -> Result<Vec<String>, StoreError>;
 
     fn put_record(&self, table: &str, id: &str, json: &[u8]) -> Result<(), StoreError> {
         self.write_records(

@@ -228,6 +228,18 @@ impl RecordStore for PgRecords {
             Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
         })
     }
+
+    fn tables(&self) -> Result<Vec<String>, StoreError> {
+        let pool = self.pool.clone();
+        self.bridge.run(async move {
+            let client = pool.get().await.map_err(pool_error)?;
+            let rows = client
+                .query("SELECT DISTINCT tbl FROM lstmd_records ORDER BY tbl", &[])
+                .await
+                .map_err(pg_error)?;
+            Ok(rows.into_iter().map(|r| r.get(0)).collect())
+        })
+    }
 }
 
 #[cfg(test)]

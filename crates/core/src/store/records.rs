@@ -3,7 +3,7 @@
 //! keyed by id, values JSON.
 use std::path::Path;
 
-use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, TableDefinition, TableHandle};
 
 use super::{RecordStore, RecordWrite, StoreError};
 
@@ -73,5 +73,11 @@ impl RecordStore for RedbRecords {
             out.push((k.value().to_string(), v.value().to_vec()));
         }
         Ok(out)
+    }
+
+    fn tables(&self) -> Result<Vec<String>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_error)?;
+        let tables = txn.list_tables().map_err(db_error)?;
+        Ok(tables.map(|t| t.name().to_string()).collect())
     }
 }

@@ -76,4 +76,8 @@ impl RecordStore for SplitStore {
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.records.list_records(table, prefix)
     }
+
+    fn tables(&self) -> Result<Vec<String>, StoreError> {
+        self.records.tables()
+    }
 }
