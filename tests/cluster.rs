@@ -414,3 +414,110 @@ async fn a_single_node_data_dir_moves_to_the_cluster_stores() {
     assert_eq!(listed.datasets.len(), 1);
     assert_eq!(listed.datasets[0].id, ds.id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_storage_down_answers_unavailable_then_recovers_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::cluster::free_port();
+    let s3 = common::cluster::s3rver(dir.path(), port, false);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let records = cluster().database();
+    let flags = common::cluster::serve_flags_at(&records, "s3://lstmd/down", &endpoint);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let pod = Binary::start_env(&dir.path().join("pod"), &flags, &cluster().env());
+    let mut c = pod.connect().await;
+    let kept = ids_dataset(&mut c, "kept", cycle(7, 600), 7).await;
+
+    s3.stop();
+    let refused = c
+        .datasets
+        .create_dataset(pb::CreateDatasetRequest {
+            name: "lost".into(),
+            data: Some(pb::create_dataset_request::Data::Ids(pb::TokenIds {
+                ids: cycle(7, 600),
+                vocab_size: 7,
+            })),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no bucket, no dataset");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("object storage"),
+        "{}",
+        refused.message()
+    );
+    // Records still answer, and nothing half-made was recorded.
+    let listed = c
+        .datasets
+        .list_datasets(pb::ListDatasetsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed
+            .datasets
+            .iter()
+            .map(|d| d.id.clone())
+            .collect::<Vec<_>>(),
+        [kept.id.clone()]
+    );
+
+    let _s3 = common::cluster::s3rver(dir.path(), port, false);
+    let job = c
+        .jobs
+        .create_training_job(long_job(&kept.id, "after", 1))
+        .await
+        .unwrap()
+        .into_inner();
+    let done = watch_all(&mut c, &job.id).await;
+    assert_eq!(
+        finished(&done).state,
+        pb::JobState::Succeeded as i32,
+        "{}",
+        finished(&done).reason
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_loses_its_database_stops_and_a_restart_finds_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::cluster::free_port();
+    let pg = common::cluster::postgres(dir.path(), port, false);
+    let records = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let blobs = cluster().blobs();
+    let pod_dir = dir.path().join("pod");
+    let mut pod = replica(&pod_dir, &records, &blobs);
+    let mut c = pod.connect().await;
+    let kept = ids_dataset(&mut c, "kept", cycle(7, 600), 7).await;
+
+    // Jobs must never run twice: without the database this replica could
+    // no longer tell, so it stops (a supervisor starts it again).
+    pg.stop();
+    let stopped = tokio::task::spawn_blocking(move || pod.child.wait().unwrap());
+    let status = tokio::time::timeout(Duration::from_secs(60), stopped)
+        .await
+        .expect("the replica stops within a minute")
+        .unwrap();
+    assert_eq!(status.code(), Some(3));
+    let log = std::fs::read_to_string(pod_dir.with_extension("log")).unwrap();
+    assert!(log.contains("lost the database connection"), "{log}");
+
+    let _pg = common::cluster::postgres(dir.path(), port, false);
+    let pod = replica(&dir.path().join("pod-2"), &records, &blobs);
+    let mut c = pod.connect().await;
+    let listed = c
+        .datasets
+        .list_datasets(pb::ListDatasetsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        listed
+            .datasets
+            .iter()
+            .map(|d| d.id.clone())
+            .collect::<Vec<_>>(),
+        [kept.id]
+    );
+}

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub const BUCKET: &str = "lstmd";
@@ -18,9 +18,8 @@ const S3_KEY: &str = "S3RVER";
 pub struct Cluster {
     pub pg_port: u16,
     pub s3_endpoint: String,
-    // Held open for the test process's life: closing them stops the servers.
-    _stops: Mutex<Vec<ChildStdin>>,
-    _dir: PathBuf,
+    // Never dropped: the servers stop when the test process ends.
+    _servers: Vec<StoreServer>,
 }
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
@@ -30,7 +29,7 @@ pub fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(Cluster::start)
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -57,16 +56,36 @@ fn as_pg_user(program: &Path) -> Command {
     }
 }
 
+/// A store server (PostgreSQL or s3rver) on a port of its own; it stops
+/// when `stop` is called or the test process ends.
+pub struct StoreServer {
+    pub port: u16,
+    child: Child,
+    stop: Option<ChildStdin>,
+}
+
+impl StoreServer {
+    /// Stops the server and waits until it has.
+    pub fn stop(mut self) {
+        drop(self.stop.take());
+        let _ = self.child.wait();
+    }
+}
+
 /// Runs `command` under a shell that kills it when our stdin pipe closes.
-fn start_guarded(mut command: Command, log: &Path) -> (Child, ChildStdin) {
-    let log = std::fs::File::create(log).unwrap();
+fn start_guarded(mut command: Command, log: &Path, port: u16) -> StoreServer {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
     command
         .stdin(Stdio::piped())
         .stdout(log.try_clone().unwrap())
         .stderr(log);
     let mut child = command.spawn().expect("a cluster store server starts");
-    let stdin = child.stdin.take().unwrap();
-    (child, stdin)
+    let stop = child.stdin.take();
+    StoreServer { port, child, stop }
 }
 
 /// A shell running `script` until its stdin closes (as the postgres user
@@ -82,7 +101,7 @@ fn guarded_shell(script: &str, as_postgres: bool) -> Command {
     let (server, after) = script.split_once("; ").unwrap_or((script, "true"));
     c.args([
         "-c",
-        &format!("{server} & pid=$!; read _; kill $pid; wait $pid; {after}"),
+        &format!("{server} & pid=$!; read _; kill -INT $pid; wait $pid; {after}"),
     ]);
     c
 }
@@ -106,17 +125,42 @@ fn pg_bindir() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
-fn start_postgres(dir: &Path) -> (u16, ChildStdin) {
+/// PostgreSQL on `port` with its files under `dir/pg`, initdb'd on first
+/// start (a later start on the same `dir` finds its databases again).
+/// `clean_up` removes the files once it stops.
+pub fn postgres(dir: &Path, port: u16, clean_up: bool) -> StoreServer {
     let bin = pg_bindir();
     let pg = dir.join("pg");
-    std::fs::create_dir_all(&pg).unwrap();
+    if !pg.join("db").exists() {
+        init_postgres(&bin, dir, &pg);
+    }
+    let mut script = format!(
+        "{} -D {} -p {port} -k {} -c listen_addresses=127.0.0.1 -F",
+        bin.join("postgres").display(),
+        pg.join("db").display(),
+        pg.display()
+    );
+    if clean_up {
+        script += &format!("; rm -rf {}", pg.display());
+    }
+    let server = start_guarded(
+        guarded_shell(&script, true),
+        &dir.join("postgres.log"),
+        port,
+    );
+    wait_until("PostgreSQL", || psql(port, "postgres", "SELECT 1").is_ok());
+    server
+}
+
+fn init_postgres(bin: &Path, dir: &Path, pg: &Path) {
+    std::fs::create_dir_all(pg).unwrap();
     // The postgres user must reach its folder inside our temp dir.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     if is_root() {
         assert!(Command::new("chown")
             .args(["-R", "postgres"])
-            .arg(&pg)
+            .arg(pg)
             .status()
             .unwrap()
             .success());
@@ -128,17 +172,6 @@ fn start_postgres(dir: &Path) -> (u16, ChildStdin) {
         .status()
         .expect("initdb runs");
     assert!(status.success(), "initdb failed");
-    let port = free_port();
-    let script = format!(
-        "{} -D {} -p {port} -k {} -c listen_addresses=127.0.0.1 -F",
-        bin.join("postgres").display(),
-        pg.join("db").display(),
-        pg.display()
-    );
-    let script = format!("{script}; rm -rf {}", pg.display());
-    let (_, stdin) = start_guarded(guarded_shell(&script, true), &dir.join("postgres.log"));
-    wait_until("PostgreSQL", || psql(port, "postgres", "SELECT 1").is_ok());
-    (port, stdin)
 }
 
 /// Runs one statement with psql; Err(stderr) if it fails.
@@ -180,36 +213,37 @@ fn s3rver_bin() -> PathBuf {
     bin
 }
 
-fn start_s3rver(dir: &Path) -> (String, ChildStdin) {
+/// s3rver on `port` with its objects under `dir/s3` (kept across a
+/// restart on the same `dir`); `clean_up` removes them once it stops.
+pub fn s3rver(dir: &Path, port: u16, clean_up: bool) -> StoreServer {
     let data = dir.join("s3");
     std::fs::create_dir_all(&data).unwrap();
-    let port = free_port();
-    let script = format!(
-        "{} -d {} -a 127.0.0.1 -p {port} --no-vhost-buckets --silent --configure-bucket {BUCKET}; rm -rf {}",
+    let mut script = format!(
+        "{} -d {} -a 127.0.0.1 -p {port} --no-vhost-buckets --silent --configure-bucket {BUCKET}",
         s3rver_bin().display(),
         data.display(),
-        data.display()
     );
-    let (_, stdin) = start_guarded(guarded_shell(&script, false), &dir.join("s3rver.log"));
+    if clean_up {
+        script += &format!("; rm -rf {}", data.display());
+    }
+    let server = start_guarded(guarded_shell(&script, false), &dir.join("s3rver.log"), port);
     wait_until("s3rver", || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
-    (format!("http://127.0.0.1:{port}"), stdin)
+    server
 }
 
 impl Cluster {
     fn start() -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let (pg_port, pg_stop) = start_postgres(dir.path());
-        let (s3_endpoint, s3_stop) = start_s3rver(dir.path());
-        // Outlives the test process: each guard removes its server's data
-        // (the logs stay, for a failed run).
-        let dir = dir.keep();
+        // Outlives the test process: each server removes its data once it
+        // stops (the logs stay, for a failed run).
+        let dir = tempfile::tempdir().unwrap().keep();
+        let pg = postgres(&dir, free_port(), true);
+        let s3 = s3rver(&dir, free_port(), true);
         Cluster {
-            pg_port,
-            s3_endpoint,
-            _stops: Mutex::new(vec![pg_stop, s3_stop]),
-            _dir: dir,
+            pg_port: pg.port,
+            s3_endpoint: format!("http://127.0.0.1:{}", s3.port),
+            _servers: vec![pg, s3],
         }
     }
 
@@ -260,14 +294,21 @@ impl Cluster {
     /// `serve` flags for the database `records` and the bucket prefix
     /// `blobs`.
     pub fn serve_flags(&self, records: &str, blobs: &str) -> Vec<String> {
-        vec![
-            "--records".into(),
-            records.into(),
-            "--blobs".into(),
-            blobs.into(),
-            "--s3-endpoint".into(),
-            self.s3_endpoint.clone(),
-            "--s3-allow-http".into(),
-        ]
+        serve_flags_at(records, blobs, &self.s3_endpoint)
     }
+}
+
+/// `serve` flags for `records` and `blobs` on the S3 server at `endpoint`.
+pub fn serve_flags_at(records: &str, blobs: &str, endpoint: &str) -> Vec<String> {
+    [
+        "--records",
+        records,
+        "--blobs",
+        blobs,
+        "--s3-endpoint",
+        endpoint,
+        "--s3-allow-http",
+    ]
+    .map(String::from)
+    .to_vec()
 }

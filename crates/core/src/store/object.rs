@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart};
 
 use super::bridge::Bridge;
 use super::keys::check_key;
@@ -26,6 +26,12 @@ const PARTS_IN_FLIGHT: usize = 2;
 /// An object store that does not answer within this gives UNAVAILABLE
 /// (long enough for a large model's weights).
 const CALL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A failed request is retried (with backoff) this often, within this
+/// long, then the call fails as unavailable; the client's defaults (10
+/// times within 3 minutes) would hold a caller far past its deadline.
+const RETRIES: usize = 3;
+const RETRY_WITHIN: Duration = Duration::from_secs(20);
 
 pub struct ObjectBlobs {
     store: Arc<dyn ObjectStore>,
@@ -61,7 +67,13 @@ impl ObjectBlobs {
         let bridge = Bridge::new("object storage", CALL_TIMEOUT)?;
         let store = {
             let _inside = bridge.handle().enter();
-            let mut builder = AmazonS3Builder::from_env().with_url(url);
+            let mut builder = AmazonS3Builder::from_env()
+                .with_url(url)
+                .with_retry(RetryConfig {
+                    max_retries: RETRIES,
+                    retry_timeout: RETRY_WITHIN,
+                    ..Default::default()
+                });
             for (key, value) in options {
                 let key = key.parse().map_err(object_error)?;
                 builder = builder.with_config(key, value);
