@@ -454,14 +454,8 @@ async fn object_storage_down_answers_unavailable_then_recovers_by_itself() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        listed
-            .datasets
-            .iter()
-            .map(|d| d.id.clone())
-            .collect::<Vec<_>>(),
-        [kept.id.clone()]
-    );
+    assert_eq!(listed.datasets.len(), 1);
+    assert_eq!(listed.datasets[0].id, kept.id);
 
     let _s3 = common::cluster::s3rver(dir.path(), port, false);
     let job = c
