@@ -11,12 +11,19 @@
    security settings are there, the paths of the ConfigMap are mounted, and
    (with --lstmd BIN) every LSTMD_* key is a variable `lstmd serve` reads.
 
+3. The overlay deploy/cluster-stores (the base on PostgreSQL and S3),
+   rendered by `kubectl kustomize` with stand-in secret files, validates the
+   same way and fits: no PVC, the data dir on an emptyDir, the database URL
+   and S3 credentials from its Secret, LSTMD_BLOBS an s3:// URL, still one
+   replica (one per database).
+
 Usage: check_k8s.py [--lstmd target/release/lstmd]. Exit 0 when all is well.
 """
 import argparse
 import base64
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -169,12 +176,81 @@ def main():
             if key.startswith("LSTMD_"):
                 check(key in known, f"{key} is not a variable of `lstmd serve`")
 
+    check_cluster_stores(known if args.lstmd else None)
+
     for f in failures:
         print(f"FAIL {f}", file=sys.stderr)
     if failures:
         return 1
     print(f"deploy/k8s: {len(resources)} resources valid for Kubernetes {', '.join(VERSIONS)}; consistent")
     return 0
+
+
+def validate(files):
+    validate = pathlib.Path(sys.executable).parent / "kubernetes-validate"
+    for version in VERSIONS:
+        result = subprocess.run(
+            [str(validate), "--strict", "-k", version, *map(str, files)],
+            capture_output=True,
+            text=True,
+        )
+        sys.stdout.write(result.stdout)
+        sys.stderr.write(result.stderr)
+        check(result.returncode == 0, f"kubernetes-validate failed for {version}")
+
+
+def render_cluster_stores(tmp):
+    """The overlay's documents, rendered from a copy with stand-in secrets."""
+    copy = pathlib.Path(tmp) / "deploy"
+    shutil.copytree(ROOT / "deploy", copy)
+    for folder in [copy / "k8s" / "secrets", copy / "cluster-stores" / "secrets"]:
+        for line in (folder / "README.md").read_text().splitlines():
+            name = re.match(r"\| `([a-z.-]+)` \|", line)
+            if name:
+                (folder / name.group(1)).write_text("stand-in")
+    result = subprocess.run(
+        ["kubectl", "kustomize", str(copy / "cluster-stores")], capture_output=True, text=True
+    )
+    check(result.returncode == 0, f"kubectl kustomize deploy/cluster-stores: {result.stderr}")
+    rendered = pathlib.Path(tmp) / "cluster-stores.yaml"
+    rendered.write_text(result.stdout)
+    return rendered, [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def check_cluster_stores(known):
+    if shutil.which("kubectl") is None:
+        print("SKIP deploy/cluster-stores: kubectl (its kustomize) is not installed")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        rendered, docs = render_cluster_stores(tmp)
+        validate([rendered])
+    kinds = {d["kind"] for d in docs}
+    check("PersistentVolumeClaim" not in kinds, "cluster-stores: no PVC")
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    check(deployment["spec"]["replicas"] == 1, "cluster-stores: one replica per database")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    data = volumes.get(mounts.get(config["LSTMD_DATA_DIR"], ""), {})
+    check("emptyDir" in data and "persistentVolumeClaim" not in data,
+          "cluster-stores: the data dir is an emptyDir")
+    check(config.get("LSTMD_BLOBS", "").startswith("s3://"), "cluster-stores: LSTMD_BLOBS s3://")
+    refs = [s["secretRef"]["name"] for s in container["envFrom"] if "secretRef" in s]
+    check(any("configMapRef" in s for s in container["envFrom"]), "cluster-stores: ConfigMap env")
+    keys = set()
+    for name in refs:
+        check(name in secrets, f"cluster-stores: no Secret {name}")
+        keys |= set(secrets.get(name, {}).get("data", {}))
+    for key in ["LSTMD_RECORDS", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]:
+        check(key in keys, f"cluster-stores: {key} comes from a Secret")
+    if known is not None:
+        for key in list(config) + sorted(keys):
+            if key.startswith("LSTMD_"):
+                check(key in known, f"cluster-stores: {key} is not a variable of `lstmd serve`")
+    print(f"deploy/cluster-stores: {len(docs)} resources valid; consistent")
 
 
 if __name__ == "__main__":
