@@ -19,6 +19,12 @@ pub struct ServeArgs {
     pub data_dir: PathBuf,
     #[command(flatten)]
     pub stores: StoreArgs,
+    /// A file holding the key (32 bytes or more, e.g. `openssl rand -hex
+    /// 32`) that signs portable sessions' tokens; replicas that share it
+    /// accept each other's. Unset: a random key of this process, so its
+    /// tokens end with it.
+    #[arg(long, env = "LSTMD_SESSION_KEY_FILE")]
+    pub session_key_file: Option<PathBuf>,
     /// Training worker threads (default: half the cores, at least 1).
     #[arg(long, env = "LSTMD_WORKERS")]
     pub workers: Option<usize>,

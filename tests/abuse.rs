@@ -1206,6 +1206,7 @@ fn model_cases(f: &Fixtures) -> Vec<Case> {
                 whole_input: Default::default(),
                 model: name.clone(),
                 version: 0,
+                portable: false,
             }),
             Code::NotFound,
             "model",
@@ -1537,6 +1538,7 @@ fn model_cases(f: &Fixtures) -> Vec<Case> {
             session_id: session.into(),
             tokens,
             top_k,
+            state: Vec::new(),
         })
     };
     let sessions: Vec<(&str, Call, Code, &str)> = vec![
@@ -1548,6 +1550,7 @@ fn model_cases(f: &Fixtures) -> Vec<Case> {
                 whole_input: true,
                 model: f.bidi_model.clone(),
                 version: 0,
+                portable: false,
             }),
             Code::FailedPrecondition,
             &f.bidi_model,
@@ -1558,6 +1561,7 @@ fn model_cases(f: &Fixtures) -> Vec<Case> {
                 whole_input: Default::default(),
                 model: m.clone(),
                 version: 99,
+                portable: false,
             }),
             Code::NotFound,
             "version 99",
@@ -1579,6 +1583,28 @@ fn model_cases(f: &Fixtures) -> Vec<Case> {
             feed(&"s".repeat(900_000), Some(seq(vec![1])), None),
             Code::NotFound,
             "session",
+        ),
+        (
+            "FeedSession a portable state that is not a token",
+            Call::FeedSession(pb::FeedSessionRequest {
+                session_id: String::new(),
+                tokens: Some(seq(vec![1])),
+                top_k: None,
+                state: b"lss1 but nothing signed".to_vec(),
+            }),
+            Code::InvalidArgument,
+            "state",
+        ),
+        (
+            "FeedSession a 900 KB portable state",
+            Call::FeedSession(pb::FeedSessionRequest {
+                session_id: String::new(),
+                tokens: Some(seq(vec![1])),
+                top_k: None,
+                state: vec![7; 900_000],
+            }),
+            Code::InvalidArgument,
+            "state",
         ),
         (
             "CloseSession unknown",
@@ -1722,6 +1748,7 @@ async fn every_bad_request_is_refused_clearly_and_leaves_nothing_behind() {
             whole_input: Default::default(),
             model: "m".into(),
             version: 0,
+            portable: false,
         })
         .await
         .unwrap()
@@ -1739,6 +1766,7 @@ async fn every_bad_request_is_refused_clearly_and_leaves_nothing_behind() {
                 session_id: session.clone(),
                 tokens,
                 top_k,
+                state: Vec::new(),
             }),
             Code::InvalidArgument,
             field,

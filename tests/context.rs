@@ -114,6 +114,7 @@ async fn feed(c: &mut Clients, session: &str, tokens: &[u32]) -> pb::FeedSession
             session_id: session.into(),
             tokens: Some(ids(tokens)),
             top_k: Some(3),
+            state: Vec::new(),
         })
         .await
         .unwrap()

@@ -69,6 +69,7 @@ async fn feed(
             session_id: session.into(),
             tokens: Some(ids(tokens)),
             top_k: Some(k),
+            state: Vec::new(),
         })
         .await
         .map(|r| r.into_inner())

@@ -175,6 +175,7 @@ async fn a_session_on_a_deleted_model_ends_with_not_found() {
             text: String::new(),
         }),
         top_k: Some(2),
+        state: Vec::new(),
     };
     c.predict
         .feed_session(feed(session.clone()))

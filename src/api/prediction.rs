@@ -91,16 +91,25 @@ impl PredictionService for PredictionApi {
     ) -> Result<Response<pb::SessionInfo>, Status> {
         let r = request.into_inner();
         let (name, selector) = model_ref(&r.model, r.version)?;
-        let (id, model) = self
-            .predictor
-            .open_session(name, &selector, r.whole_input)
-            .await
-            .or_status()?;
+        let (id, model, state) = if r.portable {
+            self.predictor
+                .open_portable_session(name, &selector, r.whole_input)
+                .await
+                .or_status()?
+        } else {
+            let (id, model) = self
+                .predictor
+                .open_session(name, &selector, r.whole_input)
+                .await
+                .or_status()?;
+            (id, model, Vec::new())
+        };
         Ok(Response::new(pb::SessionInfo {
             session_id: id,
             model: model.name.clone(),
             version: model.version,
             idle_timeout_seconds: self.session_idle_timeout_seconds,
+            state,
         }))
     }
 
@@ -110,16 +119,25 @@ impl PredictionService for PredictionApi {
     ) -> Result<Response<pb::FeedSessionResponse>, Status> {
         let r = request.into_inner();
         let input = sequence_input("tokens", r.tokens)?;
-        let (top, tokens_seen) = self
-            .predictor
-            .feed_session(&r.session_id, input, r.top_k)
-            .await
-            .or_status()?;
+        let (top, tokens_seen, state) = if r.state.is_empty() {
+            let (top, seen) = self
+                .predictor
+                .feed_session(&r.session_id, input, r.top_k)
+                .await
+                .or_status()?;
+            (top, seen, Vec::new())
+        } else {
+            self.predictor
+                .feed_portable_session(&r.state, &r.session_id, input, r.top_k)
+                .await
+                .or_status()?
+        };
         Ok(Response::new(pb::FeedSessionResponse {
             prediction: Some(pb::Prediction {
                 top: top.into_iter().map(token_to_proto).collect(),
             }),
             tokens_seen,
+            state,
         }))
     }
 

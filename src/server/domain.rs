@@ -8,6 +8,7 @@ use anyhow::Context;
 use crate::config::ServeArgs;
 use crate::data::Datasets;
 use crate::jobs::{JobManager, JobsConfig};
+use crate::predict::portable::SessionKey;
 use crate::predict::Predictor;
 use crate::store::{backends, ModelRegistry, OpenStore};
 
@@ -51,7 +52,12 @@ impl Domain {
             Arc::clone(&datasets),
             Arc::clone(&registry),
         )?;
-        let predictor = Predictor::new(Arc::clone(&registry), device, args.limits.predict());
+        let predictor = Predictor::new(
+            Arc::clone(&registry),
+            device,
+            args.limits.predict(),
+            session_key(args)?,
+        );
         sweep_sessions_every_second(&predictor);
         Ok(Domain {
             registry,
@@ -61,6 +67,18 @@ impl Domain {
             data_dir_open,
         })
     }
+}
+
+/// The key of `--session-key-file` (surrounding whitespace ignored), or a
+/// random one of this process.
+fn session_key(args: &ServeArgs) -> anyhow::Result<SessionKey> {
+    let Some(path) = &args.session_key_file else {
+        return Ok(SessionKey::random());
+    };
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read --session-key-file {}", path.display()))?;
+    let key = String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec();
+    SessionKey::new(key).map_err(|e| anyhow::anyhow!("--session-key-file {}: {e}", path.display()))
 }
 
 /// Idle sessions go even when nobody touches them; the task ends with the

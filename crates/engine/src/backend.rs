@@ -23,6 +23,44 @@ pub enum EngineError {
 /// only the backend that made it reads it.
 pub struct Carried(State);
 
+/// One layer's carried state as plain numbers (h, and c for an LSTM), so
+/// that it can leave the process: f64 holds the f32 and f64 states exactly.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateValues {
+    pub h: Vec<f64>,
+    pub c: Option<Vec<f64>>,
+}
+
+impl Carried {
+    /// The state, layer by layer.
+    pub fn values(&self) -> Result<Vec<StateValues>, EngineError> {
+        let widen = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect();
+        let of_tensor = |t: &Tensor| -> Result<Vec<f64>, EngineError> {
+            Ok(t.to_dtype(candle_core::DType::F64)?
+                .flatten_all()?
+                .to_vec1()?)
+        };
+        match &self.0 {
+            State::Fused(layers) => Ok(layers
+                .iter()
+                .map(|l| StateValues {
+                    h: widen(&l.h),
+                    c: l.c.as_deref().map(widen),
+                })
+                .collect()),
+            State::Composed(layers) => layers
+                .iter()
+                .map(|l| {
+                    Ok(StateValues {
+                        h: of_tensor(&l.h)?,
+                        c: l.c.as_ref().map(of_tensor).transpose()?,
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
 enum State {
     Fused(Vec<StepState>),
     Composed(Vec<LayerState>),
@@ -58,6 +96,10 @@ pub trait Backend: Send + Sync {
         ids: &[u32],
         carried: Option<&Carried>,
     ) -> Result<(Vec<f32>, Carried), EngineError>;
+
+    /// The carried state `values` (from `Carried::values`, of a model with
+    /// these layer sizes: the caller checks them) as this backend's own.
+    fn carried_from(&self, values: &[StateValues]) -> Result<Carried, EngineError>;
 
     /// Whether the model can carry state (no bidirectional layer).
     fn is_stateful(&self) -> bool;
@@ -138,6 +180,19 @@ impl Backend for FusedCpu {
         Ok((probs, Carried(State::Fused(states))))
     }
 
+    fn carried_from(&self, values: &[StateValues]) -> Result<Carried, EngineError> {
+        require_stateful(self)?;
+        let narrow = |v: &[f64]| v.iter().map(|&x| x as f32).collect();
+        let layers = values
+            .iter()
+            .map(|v| StepState {
+                h: narrow(&v.h),
+                c: v.c.as_deref().map(narrow),
+            })
+            .collect();
+        Ok(Carried(State::Fused(layers)))
+    }
+
     fn is_stateful(&self) -> bool {
         self.kernels.is_stateful()
     }
@@ -180,6 +235,25 @@ impl Backend for Candle {
         let probs = candle_nn::ops::softmax_last_dim(&logits)?.to_vec2::<f32>()?;
         let probs = probs.into_iter().next().unwrap_or_default();
         Ok((probs, Carried(State::Composed(states))))
+    }
+
+    fn carried_from(&self, values: &[StateValues]) -> Result<Carried, EngineError> {
+        require_stateful(self)?;
+        let network = &self.network;
+        let tensor = |v: &[f64]| -> Result<Tensor, EngineError> {
+            let t = Tensor::from_slice(v, (1, v.len()), network.device())?;
+            Ok(t.to_dtype(network.dtype())?)
+        };
+        let layers = values
+            .iter()
+            .map(|v| {
+                Ok(LayerState {
+                    h: tensor(&v.h)?,
+                    c: v.c.as_deref().map(tensor).transpose()?,
+                })
+            })
+            .collect::<Result<_, EngineError>>()?;
+        Ok(Carried(State::Composed(layers)))
     }
 
     fn is_stateful(&self) -> bool {

@@ -16,6 +16,7 @@ pub mod cache;
 pub mod context;
 mod generation;
 mod loading;
+pub mod portable;
 pub mod sampling;
 pub mod sessions;
 mod stateful;
@@ -30,6 +31,7 @@ use tokio::sync::Semaphore;
 
 use batcher::{Batcher, BatchingConfig, SubmitError};
 use cache::ModelCache;
+use portable::SessionKey;
 use sampling::top_k_of;
 use sessions::Sessions;
 use stats::{ModelStats, StatsTable};
@@ -158,11 +160,19 @@ pub struct Predictor {
     warming: Mutex<HashSet<(String, u32)>>,
     /// Itself, for the background loads.
     this: Weak<Predictor>,
+    /// Signs portable sessions' tokens.
+    session_key: SessionKey,
 }
 
 impl Predictor {
-    pub fn new(registry: Arc<ModelRegistry>, device: Device, limits: PredictLimits) -> Arc<Self> {
+    pub fn new(
+        registry: Arc<ModelRegistry>,
+        device: Device,
+        limits: PredictLimits,
+        session_key: SessionKey,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|this| Self {
+            session_key,
             warming: Mutex::default(),
             this: Weak::clone(this),
             admission: Semaphore::new(limits.max_in_flight),

@@ -54,7 +54,7 @@ impl Sessions {
         if map.len() >= self.max {
             return None;
         }
-        let id = format!("sess-{}", uuid::Uuid::new_v4().simple());
+        let id = new_session_id();
         let key = (model.name.clone(), model.version);
         map.insert(
             id.clone(),
@@ -124,4 +124,9 @@ impl Sessions {
     pub fn open_count(&self) -> usize {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
+}
+
+/// A new session's id.
+pub fn new_session_id() -> String {
+    format!("sess-{}", uuid::Uuid::new_v4().simple())
 }

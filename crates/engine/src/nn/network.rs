@@ -184,6 +184,10 @@ impl Network {
         self.embedding.device()
     }
 
+    pub fn dtype(&self) -> candle_core::DType {
+        self.embedding.dtype()
+    }
+
     /// `ids`: u32 [B, T] -> logits [B, vocab]. With `dropout`, the spec's
     /// dropout layers are active (training); without, they are identity.
     /// f32 on the CPU runs the fused kernels; anything else the composed
