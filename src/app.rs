@@ -63,7 +63,7 @@ pub fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
         .records
         .as_deref()
         .context("--records (or LSTMD_RECORDS) names the database to migrate")?;
-    let (_, applied) = PgRecords::connect(records)?;
+    let (_, applied) = PgRecords::connect(records, args.stores.records_ca_file.as_deref())?;
     let known = schema_version();
     if applied.is_empty() {
         println!("database schema up to date (version {known})");

@@ -81,6 +81,11 @@ pub struct StoreArgs {
     /// goes with --blobs. The data dir then holds only local scratch files.
     #[arg(long, env = "LSTMD_RECORDS")]
     pub records: Option<String>,
+    /// CA certificates (PEM) that the database's TLS certificate is checked
+    /// against, beside the system's (a managed database's CA bundle). TLS
+    /// is used as the URL's sslmode says: `?sslmode=require` insists on it.
+    #[arg(long, env = "LSTMD_RECORDS_CA_FILE")]
+    pub records_ca_file: Option<PathBuf>,
     /// Keep weights, checkpoints and datasets in S3-compatible object
     /// storage (`s3://bucket/prefix`; credentials, region and endpoint from
     /// the AWS_* environment variables); goes with --records.
@@ -113,6 +118,7 @@ impl StoreArgs {
         crate::store::StoreUrls {
             data_dir: data_dir.to_path_buf(),
             records: self.records.clone(),
+            records_ca_file: self.records_ca_file.clone(),
             blobs: self.blobs.clone(),
             blob_options: self.blob_options(),
         }

@@ -23,7 +23,7 @@ fn blobs_at(url: &str, scratch: &std::path::Path) -> ObjectBlobs {
 
 #[test]
 fn records_in_postgresql_behave_as_the_embedded_ones() {
-    let records = PgRecords::open(&cluster().database()).unwrap();
+    let records = PgRecords::open(&cluster().database(), None).unwrap();
     let w = |id: &'static str, json: Option<&'static [u8]>| RecordWrite {
         table: "models",
         id,
@@ -153,7 +153,7 @@ fn replicas_starting_together_apply_each_migration_once() {
     let url = cluster().database();
     let applied: Vec<Vec<i32>> = std::thread::scope(|s| {
         let starts: Vec<_> = (0..4)
-            .map(|_| s.spawn(|| PgRecords::connect(&url).unwrap().1))
+            .map(|_| s.spawn(|| PgRecords::connect(&url, None).unwrap().1))
             .collect();
         starts.into_iter().map(|h| h.join().unwrap()).collect()
     });
@@ -514,4 +514,33 @@ async fn a_replica_that_loses_its_database_stops_and_a_restart_finds_everything(
             .collect::<Vec<_>>(),
         [kept.id]
     );
+}
+
+#[test]
+fn records_over_tls_verify_the_database_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = common::pki::make_pki(dir.path());
+    let cert = std::fs::read_to_string(&pki.server_cert).unwrap();
+    let key = std::fs::read_to_string(&pki.server_key).unwrap();
+    let port = common::cluster::free_port();
+    let _pg = common::cluster::postgres_tls_only(dir.path(), port, &cert, &key);
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres?sslmode=require");
+    // This server refuses connections without TLS, so a working store
+    // talks TLS, to a certificate its CA file vouches for.
+    let records = PgRecords::open(&url, Some(&pki.ca_file)).expect("TLS with the CA file");
+    records.put_record("t", "a", b"1").unwrap();
+    assert_eq!(
+        records.get_record("t", "a").unwrap().as_deref(),
+        Some(&b"1"[..])
+    );
+    let Err(unknown) = PgRecords::open(&url, None) else {
+        panic!("a certificate no root vouches for is accepted");
+    };
+    assert!(
+        unknown.to_string().to_lowercase().contains("certificate"),
+        "{unknown}"
+    );
+    // And a database without TLS is refused when the URL requires it.
+    let plain = format!("{}?sslmode=require", cluster().database());
+    assert!(PgRecords::open(&plain, None).is_err());
 }

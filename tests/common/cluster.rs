@@ -129,13 +129,49 @@ fn pg_bindir() -> PathBuf {
 /// start (a later start on the same `dir` finds its databases again).
 /// `clean_up` removes the files once it stops.
 pub fn postgres(dir: &Path, port: u16, clean_up: bool) -> StoreServer {
+    postgres_with(dir, port, clean_up, "")
+}
+
+/// PostgreSQL that takes TLS connections only, with this certificate and
+/// key (PEM).
+pub fn postgres_tls_only(dir: &Path, port: u16, cert: &str, key: &str) -> StoreServer {
+    let pg = dir.join("pg");
+    if !pg.join("db").exists() {
+        init_postgres(&pg_bindir(), dir, &pg);
+    }
+    let db = pg.join("db");
+    std::fs::write(db.join("server.crt"), cert).unwrap();
+    std::fs::write(db.join("server.key"), key).unwrap();
+    std::fs::write(
+        db.join("pg_hba.conf"),
+        "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 0.0.0.0/0 reject\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        db.join("server.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    if is_root() {
+        assert!(Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(&db)
+            .status()
+            .unwrap()
+            .success());
+    }
+    postgres_with(dir, port, false, " -c ssl=on")
+}
+
+fn postgres_with(dir: &Path, port: u16, clean_up: bool, options: &str) -> StoreServer {
     let bin = pg_bindir();
     let pg = dir.join("pg");
     if !pg.join("db").exists() {
         init_postgres(&bin, dir, &pg);
     }
     let mut script = format!(
-        "{} -D {} -p {port} -k {} -c listen_addresses=127.0.0.1 -F",
+        "{} -D {} -p {port} -k {} -c listen_addresses=127.0.0.1 -F{options}",
         bin.join("postgres").display(),
         pg.join("db").display(),
         pg.display()
@@ -148,6 +184,8 @@ pub fn postgres(dir: &Path, port: u16, clean_up: bool) -> StoreServer {
         &dir.join("postgres.log"),
         port,
     );
+    // (psql prefers TLS without verifying it, so this works on a TLS-only
+    // server too.)
     wait_until("PostgreSQL", || psql(port, "postgres", "SELECT 1").is_ok());
     server
 }

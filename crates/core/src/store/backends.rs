@@ -16,6 +16,9 @@ pub struct StoreUrls {
     pub data_dir: PathBuf,
     /// `postgres://...`, or None for the data dir's embedded database.
     pub records: Option<String>,
+    /// CA certificates (PEM) to verify the database's TLS certificate with,
+    /// beside the system's.
+    pub records_ca_file: Option<PathBuf>,
     /// `s3://bucket/prefix`, or None for files in the data dir.
     pub blobs: Option<String>,
     /// Settings of the S3 client over the AWS_* environment's (object_store
@@ -45,7 +48,7 @@ pub fn open(urls: &StoreUrls) -> Result<OpenStore, StoreError> {
                     "--records {records:?}: expected postgres://user:password@host:port/database"
                 )));
             }
-            let records_store = PgRecords::open(records)?;
+            let records_store = PgRecords::open(records, urls.records_ca_file.as_deref())?;
             records_store.hold_sole_replica_lock(records)?;
             let blobs =
                 ObjectBlobs::open(blobs, &urls.data_dir.join("scratch"), &urls.blob_options)?;

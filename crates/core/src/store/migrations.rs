@@ -4,7 +4,7 @@
 //! Never edit a released migration; add the next number.
 use tokio_postgres::Client;
 
-use super::StoreError;
+use super::{with_causes, StoreError};
 
 pub(crate) struct Migration {
     pub version: i32,
@@ -82,8 +82,8 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<Vec<i32>, StoreError>
 /// "unavailable" (retry later), anything else a database failure.
 pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     if e.is_closed() || e.as_db_error().is_none() {
-        StoreError::Unavailable(format!("PostgreSQL: {e}"))
+        StoreError::Unavailable(format!("PostgreSQL: {}", with_causes(&e)))
     } else {
-        StoreError::Database(format!("PostgreSQL: {e}"))
+        StoreError::Database(format!("PostgreSQL: {}", with_causes(&e)))
     }
 }

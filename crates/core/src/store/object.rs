@@ -16,7 +16,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMu
 
 use super::bridge::Bridge;
 use super::keys::check_key;
-use super::{BlobStore, StoreError};
+use super::{with_causes, BlobStore, StoreError};
 
 /// Staged files at least this large go up in parts of this size, so an
 /// upload never holds more than a few parts in memory.
@@ -43,7 +43,7 @@ pub struct ObjectBlobs {
 }
 
 fn object_error(e: object_store::Error) -> StoreError {
-    StoreError::Unavailable(format!("object storage: {e}"))
+    StoreError::Unavailable(format!("object storage: {}", with_causes(&e)))
 }
 
 impl ObjectBlobs {

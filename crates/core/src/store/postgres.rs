@@ -3,12 +3,16 @@
 //! from migrations.rs, applied when the store opens.
 use std::time::Duration;
 
+use std::path::Path;
+use std::sync::Arc;
+
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use rustls::pki_types::{pem::PemObject, CertificateDer};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::bridge::Bridge;
 use super::migrations::{migrate, pg_error};
-use super::{RecordStore, RecordWrite, StoreError};
+use super::{with_causes, RecordStore, RecordWrite, StoreError};
 
 /// Connections the pool keeps; each bridged call uses one for its query.
 const POOL_SIZE: usize = 8;
@@ -18,17 +22,49 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct PgRecords {
     pool: Pool,
     bridge: Bridge,
+    tls: MakeRustlsConnect,
 }
 
-fn pool_error(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("PostgreSQL: {e}"))
+/// TLS for the connections, used as the URL's `sslmode` says (`prefer`
+/// by default: TLS when the server offers it; `require` to insist). The
+/// server's certificate is verified against the system's roots and the
+/// PEM certificates of `ca_file` (a managed database's own CA).
+fn tls(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, StoreError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert); // a system root rustls cannot parse
+    }
+    if let Some(path) = ca_file {
+        let bad =
+            |e: String| StoreError::Database(format!("--records-ca-file {}: {e}", path.display()));
+        for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
+            roots
+                .add(cert.map_err(|e| bad(e.to_string()))?)
+                .map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    // ring, named here: the process may hold two providers (see the S3
+    // client), and a library caller may not have chosen one.
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| StoreError::Database(format!("TLS: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+fn pool_error(e: impl std::error::Error) -> StoreError {
+    StoreError::Unavailable(format!("PostgreSQL: {}", with_causes(&e)))
 }
 
 impl PgRecords {
-    /// Connects to `url` (`postgres://user:password@host:port/db`) and
-    /// applies the migrations the database lacks.
-    pub fn open(url: &str) -> Result<Self, StoreError> {
-        let (store, applied) = Self::connect(url)?;
+    /// Connects to `url` (`postgres://user:password@host:port/db`, with
+    /// `?sslmode=require` for TLS) and applies the migrations the database
+    /// lacks; `ca_file` adds CA certificates to verify the server with.
+    pub fn open(url: &str, ca_file: Option<&Path>) -> Result<Self, StoreError> {
+        let (store, applied) = Self::connect(url, ca_file)?;
         if !applied.is_empty() {
             tracing::info!(?applied, "applied database migrations");
         }
@@ -36,14 +72,15 @@ impl PgRecords {
     }
 
     /// `lstmd migrate`: connects, migrates, and says which migrations ran.
-    pub fn connect(url: &str) -> Result<(Self, Vec<i32>), StoreError> {
+    pub fn connect(url: &str, ca_file: Option<&Path>) -> Result<(Self, Vec<i32>), StoreError> {
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Database(format!("bad --records URL: {e}")))?;
         let bridge = Bridge::new("PostgreSQL", CALL_TIMEOUT)?;
+        let tls = tls(ca_file)?;
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -64,7 +101,7 @@ impl PgRecords {
             let mut client = migrating.get().await.map_err(pool_error)?;
             migrate(&mut client).await
         })?;
-        Ok((Self { pool, bridge }, applied))
+        Ok((Self { pool, bridge, tls }, applied))
     }
 }
 
@@ -79,10 +116,10 @@ impl PgRecords {
     /// the connection is lost the process exits (a supervisor restarts it
     /// and it waits its turn), since another replica may take the lock.
     pub fn hold_sole_replica_lock(&self, url: &str) -> Result<(), StoreError> {
-        let url = url.to_string();
+        let (url, tls) = (url.to_string(), self.tls.clone());
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.bridge.handle().spawn(async move {
-            let (client, connection) = match tokio_postgres::connect(&url, NoTls).await {
+            let (client, connection) = match tokio_postgres::connect(&url, tls).await {
                 Ok(pair) => pair,
                 Err(e) => {
                     let _ = tx.send(Err(pg_error(e)));
