@@ -79,16 +79,7 @@ def main():
             path.write_text(yaml.safe_dump(secret))
             files.append(path)
 
-        validate = pathlib.Path(sys.executable).parent / "kubernetes-validate"
-        for version in VERSIONS:
-            result = subprocess.run(
-                [str(validate), "--strict", "-k", version, *map(str, files)],
-                capture_output=True,
-                text=True,
-            )
-            sys.stdout.write(result.stdout)
-            sys.stderr.write(result.stderr)
-            check(result.returncode == 0, f"kubernetes-validate failed for {version}")
+        validate(files)
 
     deployment = resources[("Deployment", "lstmd")]
     service = resources[("Service", "lstmd")]

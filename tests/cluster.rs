@@ -244,20 +244,7 @@ async fn a_new_pod_finds_everything_and_a_second_replica_is_refused() {
     let third = replica(&dir.path().join("pod-3"), &records, &blobs);
     let mut c = third.connect().await;
     assert_eq!(predict_probabilities(&mut c, "kept").await, before);
-    let listed = c
-        .datasets
-        .list_datasets(pb::ListDatasetsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        listed
-            .datasets
-            .iter()
-            .map(|d| d.id.clone())
-            .collect::<Vec<_>>(),
-        [ds.id]
-    );
+    assert_eq!(dataset_ids(&mut c).await, [ds.id]);
     let got = c
         .jobs
         .get_job(pb::GetJobRequest { id: job.id.clone() })
@@ -301,18 +288,7 @@ async fn a_job_killed_mid_run_resumes_on_a_new_pod_from_object_storage() {
     let mut pod = replica(&dir.path().join("pod-1"), &records, &blobs);
     let mut c = pod.connect().await;
     let ds = ids_dataset(&mut c, "cycle", cycle(7, 3000), 7).await;
-    let job = c
-        .jobs
-        .create_training_job(long_job(&ds.id, "survivor", epochs))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut stream = c
-        .jobs
-        .watch_job(pb::WatchJobRequest { id: job.id.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let (job, mut stream) = submit_watched(&mut c, long_job(&ds.id, "survivor", epochs)).await;
     wait_for_epoch(&mut stream, 2).await;
     pod.child.kill().unwrap(); // SIGKILL mid-run
     pod.child.wait().unwrap();
@@ -405,14 +381,7 @@ async fn a_single_node_data_dir_moves_to_the_cluster_stores() {
         events,
         "the job's events, as they were"
     );
-    let listed = c
-        .datasets
-        .list_datasets(pb::ListDatasetsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(listed.datasets.len(), 1);
-    assert_eq!(listed.datasets[0].id, ds.id);
+    assert_eq!(dataset_ids(&mut c).await, std::slice::from_ref(&ds.id));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -448,14 +417,7 @@ async fn object_storage_down_answers_unavailable_then_recovers_by_itself() {
         refused.message()
     );
     // Records still answer, and nothing half-made was recorded.
-    let listed = c
-        .datasets
-        .list_datasets(pb::ListDatasetsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(listed.datasets.len(), 1);
-    assert_eq!(listed.datasets[0].id, kept.id);
+    assert_eq!(dataset_ids(&mut c).await, std::slice::from_ref(&kept.id));
 
     let _s3 = common::cluster::s3rver(dir.path(), port, false);
     let job = c
@@ -500,20 +462,7 @@ async fn a_replica_that_loses_its_database_stops_and_a_restart_finds_everything(
     let _pg = common::cluster::postgres(dir.path(), port, false);
     let pod = replica(&dir.path().join("pod-2"), &records, &blobs);
     let mut c = pod.connect().await;
-    let listed = c
-        .datasets
-        .list_datasets(pb::ListDatasetsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        listed
-            .datasets
-            .iter()
-            .map(|d| d.id.clone())
-            .collect::<Vec<_>>(),
-        [kept.id]
-    );
+    assert_eq!(dataset_ids(&mut c).await, [kept.id]);
 }
 
 #[test]

@@ -29,27 +29,6 @@ async fn server(data: &Path, key_file: &Path) -> RunningServer {
     start_with(args).await
 }
 
-async fn train_preset(c: &mut Clients, name: &str, preset: &str) {
-    let ds = ids_dataset(c, &format!("{name}-data"), cycle(7, 500), 7).await;
-    let events = train(
-        c,
-        pb::CreateTrainingJobRequest {
-            model_name: name.into(),
-            dataset_id: ds.id,
-            spec: spec(preset, 4),
-            config: Some(pb::TrainingConfig {
-                epochs: Some(4),
-                batch_size: Some(32),
-                learning_rate: Some(0.01),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-    )
-    .await;
-    assert_eq!(finished(&events).state, pb::JobState::Succeeded as i32);
-}
-
 async fn open(c: &mut Clients, model: &str, whole_input: bool, portable: bool) -> pb::SessionInfo {
     c.predict
         .open_session(pb::OpenSessionRequest {
@@ -111,7 +90,7 @@ async fn a_portable_session_moves_between_servers_and_across_a_restart() {
     let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
     let a = server(&a_dir, &key).await;
     let mut ca = connect(&a).await;
-    train_preset(&mut ca, "deep", "deep").await;
+    train_on_cycle(&mut ca, "deep", "deep", 4).await;
     a.stop().await.unwrap();
     // Two replicas with the same models: a copy of the data dir.
     let copied = std::process::Command::new("cp")
@@ -191,7 +170,7 @@ async fn altered_foreign_mismatched_expired_and_orphaned_tokens_are_refused() {
     a_args.limits.session_idle_timeout = 2;
     let a = start_with(a_args).await;
     let mut c = connect(&a).await;
-    train_preset(&mut c, "deep", "deep").await;
+    train_on_cycle(&mut c, "deep", "deep", 4).await;
     let session = open(&mut c, "deep", true, true).await;
     let state = feed(&mut c, "", &session.state, &[1, 2])
         .await

@@ -27,24 +27,7 @@ fn predict(model: &str, sequences: &[&[u32]], k: u32) -> pb::PredictRequest {
 }
 
 async fn trained(c: &mut Clients, name: &str, preset: &str) {
-    let ds = ids_dataset(c, &format!("{name}-data"), cycle(7, 500), 7).await;
-    let events = train(
-        c,
-        pb::CreateTrainingJobRequest {
-            model_name: name.into(),
-            dataset_id: ds.id,
-            spec: spec(preset, 4),
-            config: Some(pb::TrainingConfig {
-                epochs: Some(6),
-                batch_size: Some(32),
-                learning_rate: Some(0.01),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-    )
-    .await;
-    assert_eq!(finished(&events).state, pb::JobState::Succeeded as i32);
+    train_on_cycle(c, name, preset, 6).await;
 }
 
 fn assert_close(a: &pb::Prediction, b: &pb::Prediction, tol: f64) {

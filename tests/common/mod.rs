@@ -270,6 +270,60 @@ pub fn long_job(dataset_id: &str, model: &str, epochs: u32) -> pb::CreateTrainin
     }
 }
 
+/// Submits a training job and opens a watch on it.
+pub async fn submit_watched(
+    c: &mut Clients,
+    request: pb::CreateTrainingJobRequest,
+) -> (pb::Job, tonic::Streaming<pb::JobEvent>) {
+    let job = c
+        .jobs
+        .create_training_job(request)
+        .await
+        .expect("the job is created")
+        .into_inner();
+    let stream = c
+        .jobs
+        .watch_job(pb::WatchJobRequest { id: job.id.clone() })
+        .await
+        .expect("WatchJob starts")
+        .into_inner();
+    (job, stream)
+}
+
+/// The ids of the datasets the server lists.
+pub async fn dataset_ids(c: &mut Clients) -> Vec<String> {
+    let listed = c
+        .datasets
+        .list_datasets(pb::ListDatasetsRequest::default())
+        .await
+        .expect("ListDatasets answers")
+        .into_inner();
+    listed.datasets.into_iter().map(|d| d.id).collect()
+}
+
+/// A model `name` of `preset` (window 4) trained `epochs` epochs on the
+/// cycle 0..7.
+pub async fn train_on_cycle(c: &mut Clients, name: &str, preset: &str, epochs: u32) {
+    let ds = ids_dataset(c, &format!("{name}-data"), cycle(7, 500), 7).await;
+    let events = train(
+        c,
+        pb::CreateTrainingJobRequest {
+            model_name: name.into(),
+            dataset_id: ds.id,
+            spec: spec(preset, 4),
+            config: Some(pb::TrainingConfig {
+                epochs: Some(epochs),
+                batch_size: Some(32),
+                learning_rate: Some(0.01),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(finished(&events).state, pb::JobState::Succeeded as i32);
+}
+
 /// Every event of a job, from its first to its terminal one.
 pub async fn watch_all(c: &mut Clients, id: &str) -> Vec<pb::JobEvent> {
     collect(

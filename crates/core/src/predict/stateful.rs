@@ -17,14 +17,7 @@ impl Predictor {
         selector: &Selector,
         whole_input: bool,
     ) -> Result<(String, Arc<LoadedModel>), PredictError> {
-        let model = self.model_by(name, selector).await?;
-        let reading = session_reading(&model, whole_input);
-        if !matches!(reading, Reading::Carried(_)) && whole_input {
-            return Err(PredictError::NotStateful(format!(
-                "{}@{}",
-                model.name, model.version
-            )));
-        }
+        let (model, reading) = self.session_start(name, selector, whole_input).await?;
         let id = self
             .sessions
             .open(Arc::clone(&model), reading)
@@ -46,13 +39,7 @@ impl Predictor {
             .await
             .ok_or_else(|| PredictError::SessionNotFound(id.to_string()))?;
         let model = Arc::clone(&session.model);
-        let k = check_range(
-            "top_k",
-            top_k.unwrap_or(5) as usize,
-            1,
-            model.info.spec.vocab_size,
-        )?;
-        let ids = self.encode(&model, "tokens", input)?;
+        let (k, ids) = self.feed_input(&model, input, top_k)?;
         let n = ids.len();
         let reading = std::mem::replace(&mut session.reading, Reading::Carried(None));
         let (result, reading) = feed_reading(&model, reading, ids).await;
@@ -71,14 +58,7 @@ impl Predictor {
         selector: &Selector,
         whole_input: bool,
     ) -> Result<(String, Arc<LoadedModel>, Vec<u8>), PredictError> {
-        let model = self.model_by(name, selector).await?;
-        let reading = session_reading(&model, whole_input);
-        if !matches!(reading, Reading::Carried(_)) && whole_input {
-            return Err(PredictError::NotStateful(format!(
-                "{}@{}",
-                model.name, model.version
-            )));
-        }
+        let (model, reading) = self.session_start(name, selector, whole_input).await?;
         let session = PortableSession {
             session: super::sessions::new_session_id(),
             model: model.name.clone(),
@@ -121,19 +101,44 @@ impl Predictor {
             other => other?,
         };
         let mut session = unsealed.restore(&model.info.spec, model.inference.as_ref())?;
-        let k = check_range(
-            "top_k",
-            top_k.unwrap_or(5) as usize,
-            1,
-            model.info.spec.vocab_size,
-        )?;
-        let ids = self.encode(&model, "tokens", input)?;
+        let (k, ids) = self.feed_input(&model, input, top_k)?;
         session.tokens_seen += ids.len() as u64;
         let (result, reading) = feed_reading(&model, session.reading, ids).await;
         let probs = result?;
         session.reading = reading;
         let token = portable::seal(&self.session_key, &session)?;
         Ok((Self::top(&model, &probs, k), session.tokens_seen, token))
+    }
+
+    /// A FeedSession's k (5 by default) and token ids, checked for `model`.
+    fn feed_input(
+        &self,
+        model: &LoadedModel,
+        input: SequenceInput,
+        top_k: Option<u32>,
+    ) -> Result<(usize, Vec<u32>), PredictError> {
+        let vocab = model.info.spec.vocab_size;
+        let k = check_range("top_k", top_k.unwrap_or(5) as usize, 1, vocab)?;
+        Ok((k, self.encode(model, "tokens", input)?))
+    }
+
+    /// A new session's model and what it keeps between calls; a model
+    /// that cannot carry a state refuses `whole_input`.
+    async fn session_start(
+        &self,
+        name: &str,
+        selector: &Selector,
+        whole_input: bool,
+    ) -> Result<(Arc<LoadedModel>, Reading), PredictError> {
+        let model = self.model_by(name, selector).await?;
+        let reading = session_reading(&model, whole_input);
+        if !matches!(reading, Reading::Carried(_)) && whole_input {
+            return Err(PredictError::NotStateful(format!(
+                "{}@{}",
+                model.name, model.version
+            )));
+        }
+        Ok((model, reading))
     }
 
     pub fn close_session(&self, id: &str) -> Result<(), PredictError> {
