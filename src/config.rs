@@ -37,6 +37,12 @@ pub struct ServeArgs {
     /// Largest gRPC message accepted, in bytes.
     #[arg(long, env = "LSTMD_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
     pub max_message_bytes: usize,
+    /// Seconds after which a client connection is asked to go (HTTP/2
+    /// GOAWAY) so that its next calls open a new one: behind a Kubernetes
+    /// Service, which balances connections, not calls, clients spread over
+    /// new replicas. Calls in flight finish. 0: never.
+    #[arg(long, env = "LSTMD_MAX_CONNECTION_AGE", default_value_t = 0)]
+    pub max_connection_age: u64,
     /// Seconds to wait for open streams on shutdown.
     #[arg(long, env = "LSTMD_SHUTDOWN_GRACE", default_value_t = 30)]
     pub shutdown_grace: u64,

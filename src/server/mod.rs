@@ -168,6 +168,12 @@ pub async fn start(
 /// check.
 fn secured_transport(args: &ServeArgs) -> anyhow::Result<(tonic::transport::Server, Auth)> {
     let mut builder = tonic::transport::Server::builder();
+    if args.max_connection_age > 0 {
+        // GOAWAY after this long: clients open a new connection for new
+        // calls (and land on another replica behind a plain Service),
+        // while calls in flight, watch streams included, run to their end.
+        builder = builder.max_connection_age(Duration::from_secs(args.max_connection_age));
+    }
     if let Some(tls) = tls::tls_config(&args.security)? {
         builder = builder
             .tls_config(tls)

@@ -33,6 +33,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(600);
 const RETRIES: usize = 3;
 const RETRY_WITHIN: Duration = Duration::from_secs(20);
 
+/// Written at start: proves the bucket answers and takes writes.
+const WRITE_CHECK: &str = ".write-check";
+
 pub struct ObjectBlobs {
     store: Arc<dyn ObjectStore>,
     /// The URL's path: every key lives under it.
@@ -87,12 +90,14 @@ impl ObjectBlobs {
             scratch: scratch.to_path_buf(),
             bridge,
         };
-        blobs.put_blob(".write-check", b"ok")?;
+        blobs.put_blob(WRITE_CHECK, b"ok")?;
         Ok(blobs)
     }
 
     fn path(&self, key: &str) -> Result<ObjectPath, StoreError> {
-        if key != ".write-check" {
+        // The start-up probe's key is ours; a dot-name no stored blob can
+        // take (check_key refuses them).
+        if key != WRITE_CHECK {
             check_key(key)?;
         }
         Ok(ObjectPath::from(self.full(key)))
