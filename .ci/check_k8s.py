@@ -14,8 +14,9 @@
 3. The overlay deploy/cluster-stores (the base on PostgreSQL and S3),
    rendered by `kubectl kustomize` with stand-in secret files, validates the
    same way and fits: no PVC, the data dir on an emptyDir, the database URL
-   and S3 credentials from its Secret, LSTMD_BLOBS an s3:// URL, still one
-   replica (one per database).
+   and S3 credentials from its Secret, LSTMD_BLOBS an s3:// URL, a headless
+   Service on the pods, connections that age, still one replica (one per
+   database).
 
 Usage: check_k8s.py [--lstmd target/release/lstmd]. Exit 0 when all is well.
 """
@@ -241,6 +242,16 @@ def check_cluster_stores(known):
         for key in list(config) + sorted(keys):
             if key.startswith("LSTMD_"):
                 check(key in known, f"cluster-stores: {key} is not a variable of `lstmd serve`")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    ports = {p["name"] for p in container["ports"]}
+    headless = [d for d in docs if d["kind"] == "Service" and d["spec"].get("clusterIP") == "None"]
+    check(len(headless) == 1, "cluster-stores: one headless Service")
+    for service in headless:
+        for k, v in service["spec"]["selector"].items():
+            check(labels.get(k) == v, f"cluster-stores: the headless Service selects {k}={v}")
+        for p in service["spec"]["ports"]:
+            check(p["targetPort"] in ports, f"cluster-stores: headless port {p['name']} targets nothing")
+    check(int(config.get("LSTMD_MAX_CONNECTION_AGE", "0")) > 0, "cluster-stores: connections age")
     print(f"deploy/cluster-stores: {len(docs)} resources valid; consistent")
 
 
