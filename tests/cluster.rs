@@ -493,3 +493,31 @@ fn records_over_tls_verify_the_database_certificate() {
     let plain = format!("{}?sslmode=require", cluster().database());
     assert!(PgRecords::open(&plain, None).is_err());
 }
+
+#[test]
+fn records_and_blobs_go_together_and_name_their_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |records: Option<&str>, blobs: Option<&str>| {
+        let urls = lstmd::store::StoreUrls {
+            data_dir: dir.path().to_path_buf(),
+            records: records.map(str::to_string),
+            records_ca_file: None,
+            blobs: blobs.map(str::to_string),
+            blob_options: Vec::new(),
+        };
+        match lstmd::store::backends::open(&urls) {
+            Ok(_) => panic!("{records:?} with {blobs:?} opened"),
+            Err(e) => e.to_string(),
+        }
+    };
+    assert!(open(Some("postgres://x@127.0.0.1:1/db"), None).contains("go together"));
+    assert!(open(None, Some("s3://bucket/p")).contains("go together"));
+    assert!(open(Some("mysql://x@h/db"), Some("s3://bucket/p")).contains("expected postgres://"));
+    let not_s3 = ObjectBlobs::open("gs://bucket/p", dir.path(), &[])
+        .err()
+        .unwrap();
+    assert!(
+        not_s3.to_string().contains("expected s3://bucket/prefix"),
+        "{not_s3}"
+    );
+}

@@ -44,7 +44,7 @@ pub fn open(urls: &StoreUrls) -> Result<OpenStore, StoreError> {
         }
         (Some(records), Some(blobs)) => {
             if !records.starts_with("postgres://") && !records.starts_with("postgresql://") {
-                return Err(StoreError::Database(format!(
+                return Err(StoreError::Config(format!(
                     "--records {records:?}: expected postgres://user:password@host:port/database"
                 )));
             }
@@ -59,7 +59,7 @@ pub fn open(urls: &StoreUrls) -> Result<OpenStore, StoreError> {
                 closed,
             })
         }
-        _ => Err(StoreError::Database(
+        _ => Err(StoreError::Config(
             "--records and --blobs go together: a database for records needs object storage \
              for blobs (and the data dir default uses neither)"
                 .into(),

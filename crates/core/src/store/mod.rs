@@ -33,6 +33,9 @@ pub enum StoreError {
     BadKey(String),
     #[error("record database failed: {0}")]
     Database(String),
+    /// A store setting (a URL, a CA file) that cannot work.
+    #[error("bad store setting: {0}")]
+    Config(String),
     /// A database or object store that cannot be reached or does not
     /// answer: worth a retry once it is back.
     #[error("storage unavailable: {0}")]

@@ -60,7 +60,7 @@ impl ObjectBlobs {
         options: &[(String, String)],
     ) -> Result<Self, StoreError> {
         let parsed = url.strip_prefix("s3://").ok_or_else(|| {
-            StoreError::BadKey(format!("--blobs {url:?}: expected s3://bucket/prefix"))
+            StoreError::Config(format!("--blobs {url:?}: expected s3://bucket/prefix"))
         })?;
         let root = parsed
             .split_once('/')

@@ -36,7 +36,7 @@ fn tls(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, StoreError> {
     }
     if let Some(path) = ca_file {
         let bad =
-            |e: String| StoreError::Database(format!("--records-ca-file {}: {e}", path.display()));
+            |e: String| StoreError::Config(format!("--records-ca-file {}: {e}", path.display()));
         for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
             roots
                 .add(cert.map_err(|e| bad(e.to_string()))?)
@@ -75,7 +75,7 @@ impl PgRecords {
     pub fn connect(url: &str, ca_file: Option<&Path>) -> Result<(Self, Vec<i32>), StoreError> {
         let config: tokio_postgres::Config = url
             .parse()
-            .map_err(|e| StoreError::Database(format!("bad --records URL: {e}")))?;
+            .map_err(|e| StoreError::Config(format!("bad --records URL: {e}")))?;
         let bridge = Bridge::new("PostgreSQL", CALL_TIMEOUT)?;
         let tls = tls(ca_file)?;
         let manager = Manager::from_config(
