@@ -180,7 +180,12 @@ fn replicas_starting_together_apply_each_migration_once() {
 
 /// `serve` on the test cluster's database `records` and prefix `blobs`.
 fn replica(data_dir: &std::path::Path, records: &str, blobs: &str) -> Binary {
-    let flags = cluster().serve_flags(records, blobs);
+    replica_at(data_dir, records, blobs, &cluster().s3_endpoint)
+}
+
+/// `replica`, with its blobs on the S3 server at `endpoint`.
+fn replica_at(data_dir: &std::path::Path, records: &str, blobs: &str, endpoint: &str) -> Binary {
+    let flags = common::cluster::serve_flags_at(records, blobs, endpoint);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     Binary::start_env(data_dir, &flags, &cluster().env())
 }
@@ -391,9 +396,12 @@ async fn object_storage_down_answers_unavailable_then_recovers_by_itself() {
     let s3 = common::cluster::s3rver(dir.path(), port, false);
     let endpoint = format!("http://127.0.0.1:{port}");
     let records = cluster().database();
-    let flags = common::cluster::serve_flags_at(&records, "s3://lstmd/down", &endpoint);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let pod = Binary::start_env(&dir.path().join("pod"), &flags, &cluster().env());
+    let pod = replica_at(
+        &dir.path().join("pod"),
+        &records,
+        "s3://lstmd/down",
+        &endpoint,
+    );
     let mut c = pod.connect().await;
     let kept = ids_dataset(&mut c, "kept", cycle(7, 600), 7).await;
 
